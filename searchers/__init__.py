@@ -1,0 +1,1 @@
+"""One Ray Tune searcher per NAS method."""

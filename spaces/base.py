@@ -1,0 +1,137 @@
+"""The interface searchers code against, so a second space can be added without touching them.
+
+A space is a finite set of architectures ("archs") laid out as ``num_edges`` decisions, each
+choosing one of ``num_ops`` operations. Every arch is an immutable, hashable value with a string
+form (the key of every result table) and, for spaces small enough, an integer index.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Hashable, Iterator, Protocol, Sequence
+
+import numpy as np
+
+
+class Arch(Protocol):
+    """What every space's arch value offers: per-edge op indices and a canonical string."""
+
+    ops: tuple[int, ...]
+
+    def __str__(self) -> str: ...
+
+    def __hash__(self) -> int: ...
+
+
+class Space(ABC):
+    """A cell search space: encoding, sampling, variation, size, networks, sub-spaces."""
+
+    #: registry name, e.g. ``"nb201"``
+    name: str
+    op_names: tuple[str, ...]
+    edge_names: tuple[str, ...]
+    #: per-edge tuple of the op indices this (sub-)space allows
+    allowed_ops: tuple[tuple[int, ...], ...]
+
+    @property
+    def num_edges(self) -> int:
+        return len(self.edge_names)
+
+    @property
+    def num_ops(self) -> int:
+        return len(self.op_names)
+
+    # --- encoding -------------------------------------------------------------------------
+    @abstractmethod
+    def arch(self, ops: Sequence[int]) -> Arch:
+        """The arch with these per-edge op indices (validated, and inside this sub-space)."""
+
+    @abstractmethod
+    def arch_from_string(self, text: str) -> Arch: ...
+
+    @abstractmethod
+    def arch_from_index(self, index: int) -> Arch: ...
+
+    @abstractmethod
+    def index_of(self, arch: Arch) -> int: ...
+
+    def parse(self, value: Any) -> Arch:
+        """An arch from an arch, a string form, an index, or a sequence of op indices."""
+        if isinstance(value, str):
+            return self.arch_from_string(value)
+        if isinstance(value, (int, np.integer)):
+            return self.arch_from_index(int(value))
+        if hasattr(value, "ops"):
+            return self.arch(value.ops)
+        return self.arch(value)
+
+    def encode(self, arch: Arch) -> np.ndarray:
+        """One-hot float32 matrix of shape ``(num_edges, num_ops)``."""
+        out = np.zeros((self.num_edges, self.num_ops), dtype=np.float32)
+        out[np.arange(self.num_edges), arch.ops] = 1.0
+        return out
+
+    def decode(self, matrix: np.ndarray) -> Arch:
+        """The per-edge argmax over allowed ops of a ``(num_edges, num_ops)`` score matrix."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if matrix.shape != (self.num_edges, self.num_ops):
+            raise ValueError(
+                f"decode: matrix of shape {matrix.shape}; expected ({self.num_edges}, {self.num_ops})"
+            )
+        masked = np.full_like(matrix, -np.inf)
+        for e, allowed in enumerate(self.allowed_ops):
+            masked[e, list(allowed)] = matrix[e, list(allowed)]
+        return self.arch(tuple(int(i) for i in masked.argmax(axis=1)))
+
+    # --- sets -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        n = 1
+        for allowed in self.allowed_ops:
+            n *= len(allowed)
+        return n
+
+    def __contains__(self, arch: object) -> bool:
+        ops = getattr(arch, "ops", None)
+        return (
+            ops is not None
+            and len(ops) == self.num_edges
+            and all(o in allowed for o, allowed in zip(ops, self.allowed_ops))
+        )
+
+    @abstractmethod
+    def enumerate(self) -> Iterator[Arch]: ...
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator, n: int | None = None) -> Arch | list[Arch]: ...
+
+    @abstractmethod
+    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch: ...
+
+    @abstractmethod
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch: ...
+
+    @abstractmethod
+    def neighbours(self, arch: Arch) -> list[Arch]: ...
+
+    @abstractmethod
+    def canonical_key(self, arch: Arch) -> Hashable:
+        """Equal for archs that compute the same function up to isomorphism."""
+
+    @abstractmethod
+    def restrict(self, allowed_ops: dict[int, Sequence[int]]) -> "Space":
+        """The sub-space where edge ``e`` may only use ``allowed_ops[e]`` (few-shot NAS)."""
+
+    # --- size and networks ----------------------------------------------------------------
+    @abstractmethod
+    def count_parameters(self, arch: Arch, **net: Any) -> int: ...
+
+    @abstractmethod
+    def count_flops(self, arch: Arch, **net: Any) -> int: ...
+
+    @abstractmethod
+    def build_network(self, arch: Arch, **net: Any):
+        """The standalone torch network of ``arch``."""
+
+    @abstractmethod
+    def build_supernet(self, **net: Any):
+        """The weight-sharing torch supernet over this (sub-)space."""

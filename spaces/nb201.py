@@ -1,0 +1,305 @@
+"""The NAS-Bench-201 cell space (Dong & Yang, ICLR 2020).
+
+A cell has 4 nodes; node ``i`` sums ``op_ij(node j)`` over ``j < i`` and node 3 is the output.
+Its 6 edges, in the benchmark's row order, are ``1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2``; each picks
+one of 5 ops in the benchmark's index order (``none, skip_connect, nor_conv_1x1, nor_conv_3x3,
+avg_pool_3x3``), so the space holds 5**6 = 15,625 archs.
+
+Integer index (raynas's own order; the benchmark's API orders its archs by file position):
+``index = sum(ops[e] * 5 ** (5 - e))``, i.e. the 6 op indices read as a base-5 number with edge
+``1<-0`` as the most significant digit. Index 0 is the all-``none`` arch, 15,624 all-``avg_pool``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Hashable, Iterator, Sequence
+
+import numpy as np
+
+from raynas.spaces.base import Space
+
+OP_NAMES: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+#: (target node, source node) per edge, in the benchmark's row order
+EDGES: tuple[tuple[int, int], ...] = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+EDGE_NAMES: tuple[str, ...] = tuple(f"{i}<-{j}" for i, j in EDGES)
+NUM_EDGES, NUM_OPS = len(EDGES), len(OP_NAMES)
+NUM_ARCHS = NUM_OPS**NUM_EDGES
+
+_OP_INDEX = {name: i for i, name in enumerate(OP_NAMES)}
+_EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+_TOKEN = re.compile(r"^([a-z0-9_]+)~(\d+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class NB201Arch:
+    """One NAS-Bench-201 cell: the op index of each of the 6 edges (benchmark row order)."""
+
+    ops: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        ops = self.ops
+        if (
+            not isinstance(ops, tuple)
+            or len(ops) != NUM_EDGES
+            or not all(isinstance(o, int) and 0 <= o < NUM_OPS for o in ops)
+        ):
+            raise ValueError(
+                f"NB201 arch ops={ops!r}; expected a tuple of {NUM_EDGES} ints in 0..{NUM_OPS - 1}"
+            )
+
+    @classmethod
+    def from_string(cls, text: str) -> "NB201Arch":
+        """Parse the benchmark string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``."""
+        expected = f"expected the benchmark form, e.g. '{_EXAMPLE}'"
+        if not isinstance(text, str):
+            raise ValueError(f"NB201 arch string {text!r} is not a string; {expected}")
+        nodes = text.strip().split("+")
+        if len(nodes) != 3:
+            raise ValueError(f"NB201 arch string {text!r} has {len(nodes)} nodes; {expected}")
+        ops: list[int] = []
+        for node, part in enumerate(nodes, start=1):
+            if not (part.startswith("|") and part.endswith("|")):
+                raise ValueError(f"NB201 arch string {text!r}: node {node} '{part}' is not '|...|'; {expected}")
+            tokens = part[1:-1].split("|")
+            if len(tokens) != node:
+                raise ValueError(
+                    f"NB201 arch string {text!r}: node {node} has {len(tokens)} inputs, expected {node}"
+                )
+            for source, token in enumerate(tokens):
+                match = _TOKEN.match(token)
+                if not match or match.group(1) not in _OP_INDEX or int(match.group(2)) != source:
+                    raise ValueError(
+                        f"NB201 arch string {text!r}: bad input '{token}' of node {node}; expected "
+                        f"'<op>~{source}' with <op> one of {', '.join(OP_NAMES)}"
+                    )
+                ops.append(_OP_INDEX[match.group(1)])
+        return cls(tuple(ops))
+
+    @classmethod
+    def from_index(cls, index: int) -> "NB201Arch":
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < NUM_ARCHS:
+            raise ValueError(f"NB201 arch index {index!r}; expected an int in 0..{NUM_ARCHS - 1}")
+        index = int(index)
+        digits = []
+        for _ in range(NUM_EDGES):
+            index, digit = divmod(index, NUM_OPS)
+            digits.append(digit)
+        return cls(tuple(reversed(digits)))
+
+    @property
+    def index(self) -> int:
+        value = 0
+        for o in self.ops:
+            value = value * NUM_OPS + o
+        return value
+
+    def __str__(self) -> str:
+        names = [f"{OP_NAMES[o]}~{j}" for o, (_, j) in zip(self.ops, EDGES)]
+        return "|" + "|+|".join(["|".join(names[0:1]), "|".join(names[1:3]), "|".join(names[3:6])]) + "|"
+
+    def __repr__(self) -> str:
+        return f"NB201Arch('{self}')"
+
+    def __reduce__(self):
+        # compact and version-proof pickles (archs travel through Ray and searcher checkpoints)
+        return (NB201Arch, (self.ops,))
+
+
+@lru_cache(maxsize=None)
+def _benchmark_unique_str(ops: tuple[int, ...]) -> str:
+    """The benchmark's own isomorphism key (``CellStructure.to_unique_str(consider_zero=True)``).
+
+    Kept literally, quirks included: a node whose inputs are all zero becomes ``'#+#'`` rather
+    than ``'#'``, so zeros propagate only one hop. This rule is what yields the published 6,466.
+    """
+    nodes = {0: "0"}
+    for target in (1, 2, 3):
+        terms = []
+        for (i, j), o in zip(EDGES, ops):
+            if i != target:
+                continue
+            if o == 0 or nodes[j] == "#":
+                terms.append("#")
+            elif o == 1:
+                terms.append(nodes[j])
+            else:
+                terms.append(f"({nodes[j]})@{OP_NAMES[o]}")
+        nodes[target] = "+".join(sorted(terms))
+    return nodes[3]
+
+
+@lru_cache(maxsize=None)
+def _algebraic_key(ops: tuple[int, ...]) -> Hashable:
+    """The function a cell computes, as a canonical expression.
+
+    A node is a multiset (sorted tuple) of terms ``(op, input node)``; ``none`` and anything fed
+    by a zero node contribute nothing, ``skip_connect`` splices its input's terms in (sums are
+    associative) and the raw cell input is the term ``"x"``. Two archs with equal keys compute
+    the same function for any weights (treating ReLU-conv-BN of a zero map as zero, as the
+    benchmark does).
+    """
+    nodes: dict[int, tuple] = {0: ("x",)}
+    for target in (1, 2, 3):
+        terms: list = []
+        for (i, j), o in zip(EDGES, ops):
+            if i != target or o == 0 or not nodes[j]:
+                continue
+            if o == 1:
+                terms.extend(nodes[j])
+            else:
+                terms.append((OP_NAMES[o], nodes[j]))
+        nodes[target] = tuple(sorted(terms, key=repr))
+    return nodes[3]
+
+
+class NB201Space(Space):
+    """NAS-Bench-201 as a :class:`~raynas.spaces.base.Space`, optionally restricted per edge.
+
+    Network settings (``C``, ``N``, ``num_classes``, ``in_channels``, ``input_size``) are keyword
+    arguments of the size and builder methods; defaults are the benchmark's (C=16, N=5).
+    """
+
+    name = "nb201"
+    op_names = OP_NAMES
+    edge_names = EDGE_NAMES
+
+    def __init__(self, allowed_ops: Sequence[Sequence[int]] | None = None) -> None:
+        if allowed_ops is None:
+            allowed_ops = [range(NUM_OPS)] * NUM_EDGES
+        allowed = tuple(tuple(sorted(set(int(o) for o in ops))) for ops in allowed_ops)
+        if len(allowed) != NUM_EDGES or any(
+            not ops or not all(0 <= o < NUM_OPS for o in ops) for ops in allowed
+        ):
+            raise ValueError(
+                f"allowed_ops={allowed_ops!r}; expected {NUM_EDGES} non-empty lists of op indices in 0..{NUM_OPS - 1}"
+            )
+        self.allowed_ops = allowed
+
+    def __repr__(self) -> str:
+        if self.is_full:
+            return "NB201Space()"
+        return f"NB201Space(allowed_ops={self.allowed_ops!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, NB201Space) and other.allowed_ops == self.allowed_ops
+
+    def __hash__(self) -> int:
+        return hash(("nb201", self.allowed_ops))
+
+    @property
+    def is_full(self) -> bool:
+        return all(len(ops) == NUM_OPS for ops in self.allowed_ops)
+
+    # --- encoding -------------------------------------------------------------------------
+    def _inside(self, arch: NB201Arch) -> NB201Arch:
+        if not self.is_full and arch not in self:
+            raise ValueError(f"arch '{arch}' is outside this sub-space {self!r}")
+        return arch
+
+    def arch(self, ops: Sequence[int]) -> NB201Arch:
+        try:
+            ops = tuple(int(o) for o in ops)
+        except (TypeError, ValueError):
+            raise ValueError(f"NB201 arch ops={ops!r}; expected {NUM_EDGES} ints in 0..{NUM_OPS - 1}") from None
+        return self._inside(NB201Arch(ops))
+
+    def arch_from_string(self, text: str) -> NB201Arch:
+        return self._inside(NB201Arch.from_string(text))
+
+    def arch_from_index(self, index: int) -> NB201Arch:
+        return self._inside(NB201Arch.from_index(index))
+
+    def index_of(self, arch: NB201Arch) -> int:
+        return arch.index
+
+    # --- sets and variation ---------------------------------------------------------------
+    def enumerate(self) -> Iterator[NB201Arch]:
+        """All archs of this (sub-)space in index order."""
+        for ops in itertools.product(*self.allowed_ops):
+            yield NB201Arch(tuple(ops))
+
+    def sample(self, rng: np.random.Generator, n: int | None = None):
+        """One uniform arch (``n=None``) or a list of ``n`` (with replacement)."""
+        count = 1 if n is None else int(n)
+        picks = np.stack([rng.integers(0, len(ops), size=count) for ops in self.allowed_ops], axis=1)
+        archs = [NB201Arch(tuple(self.allowed_ops[e][k] for e, k in enumerate(row))) for row in picks]
+        return archs[0] if n is None else archs
+
+    def mutate(self, arch: NB201Arch, rng: np.random.Generator) -> NB201Arch:
+        """Redraw one edge that has a choice, to a different allowed op (the benchmark's REA)."""
+        edges = [e for e, ops in enumerate(self.allowed_ops) if len(ops) > 1]
+        if not edges:
+            return arch
+        e = edges[int(rng.integers(len(edges)))]
+        others = [o for o in self.allowed_ops[e] if o != arch.ops[e]]
+        ops = list(arch.ops)
+        ops[e] = others[int(rng.integers(len(others)))]
+        return NB201Arch(tuple(ops))
+
+    def crossover(self, a: NB201Arch, b: NB201Arch, rng: np.random.Generator) -> NB201Arch:
+        """Uniform crossover: each edge's op from ``a`` or ``b`` with probability 1/2."""
+        take_a = rng.random(NUM_EDGES) < 0.5
+        return NB201Arch(tuple(x if t else y for x, y, t in zip(a.ops, b.ops, take_a)))
+
+    def neighbours(self, arch: NB201Arch) -> list[NB201Arch]:
+        """All archs of this space that differ from ``arch`` on exactly one edge."""
+        out = []
+        for e, allowed in enumerate(self.allowed_ops):
+            for o in allowed:
+                if o != arch.ops[e]:
+                    ops = list(arch.ops)
+                    ops[e] = o
+                    out.append(NB201Arch(tuple(ops)))
+        return out
+
+    def canonical_key(self, arch: NB201Arch, rule: str = "benchmark") -> Hashable:
+        """Isomorphism key. ``rule="benchmark"``: the benchmark's own string (6,466 classes over
+        the full space); ``rule="algebraic"``: the exact expression the cell computes (fewer
+        classes, because it also removes nodes that are zero after more than one hop and
+        flattens skip-connected sums; see ``_algebraic_key``)."""
+        if rule == "benchmark":
+            return _benchmark_unique_str(arch.ops)
+        if rule == "algebraic":
+            return _algebraic_key(arch.ops)
+        raise ValueError(f"canonical_key rule={rule!r}; expected 'benchmark' or 'algebraic'")
+
+    def restrict(self, allowed_ops: dict[int, Sequence[int]]) -> "NB201Space":
+        """Sub-space: ``{edge: ops}`` narrows those edges (edge by index or name like ``"1<-0"``)."""
+        allowed = list(self.allowed_ops)
+        for edge, ops in allowed_ops.items():
+            e = EDGE_NAMES.index(edge) if edge in EDGE_NAMES else edge
+            if not isinstance(e, int) or not 0 <= e < NUM_EDGES:
+                raise ValueError(f"restrict: edge {edge!r}; expected 0..{NUM_EDGES - 1} or one of {EDGE_NAMES}")
+            ops = tuple(_OP_INDEX[o] if isinstance(o, str) and o in _OP_INDEX else o for o in ops)
+            outside = [o for o in ops if o not in self.allowed_ops[e]]
+            if outside:
+                raise ValueError(f"restrict: ops {outside} on edge {EDGE_NAMES[e]} are not allowed in {self!r}")
+            allowed[e] = ops
+        return NB201Space(allowed)
+
+    # --- size and networks ----------------------------------------------------------------
+    def count_parameters(self, arch: NB201Arch, **net: Any) -> int:
+        from raynas.spaces.nb201_nets import count_parameters
+
+        return count_parameters(arch, **net)
+
+    def count_flops(self, arch: NB201Arch, **net: Any) -> int:
+        from raynas.spaces.nb201_nets import count_flops
+
+        return count_flops(arch, **net)
+
+    def build_network(self, arch: NB201Arch, **net: Any):
+        from raynas.spaces.nb201_nets import build_network
+
+        return build_network(arch, **net)
+
+    def build_supernet(self, **net: Any):
+        from raynas.spaces.nb201_nets import NB201Supernet
+
+        if not self.is_full:
+            net.setdefault("allowed_ops", self.allowed_ops)
+        return NB201Supernet(**net)
