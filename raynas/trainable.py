@@ -1,0 +1,91 @@
+"""The work-unit trainable: one Tune trial = one unit of NAS work (DESIGN.md, "Work unit").
+
+A unit's config says its kind:
+
+- ``{"kind": "train", "supernet": k, "until": V, "policy": {...}}``: the supernet actor trains
+  until version V under the policy; one row.
+- ``{"kind": "score", "supernet": k, "archs": [...], "batches": b}``: the actor scores the
+  cohort; one row per candidate so searchers see each in ``on_trial_result``.
+- ``{"kind": "standalone", "arch": s, "epochs": E, ...}``: trains the arch from scratch in the
+  trial itself (it holds its own GPU when the cluster has them); a row and a checkpoint per
+  epoch, so a retried trial resumes.
+
+Trials only look actors up by name; they create none (they run inside placement groups).
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from raynas.actor import get_supernet_actor
+from raynas.data import load_dataset
+from raynas.spaces import get_space
+from raynas.standalone import RECIPE, StandaloneTraining
+
+KINDS = ("train", "score", "standalone")
+
+
+@functools.lru_cache(maxsize=2)
+def _splits(dataset: str, data_dir: str | None, options: tuple):
+    # trials are reused (reuse_actors=True): keep the data resident across standalone units
+    return load_dataset(dataset, data_dir, **dict(options))
+
+
+def work_unit(config: dict, run: dict) -> None:
+    """Run one work unit. ``run`` carries the run's identity and data (``tune.with_parameters``)."""
+    kind = config.get("kind")
+    base = {"kind": kind, "unit": config.get("unit", -1)}
+    if kind == "train":
+        actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
+        out = ray.get(actor.train.remote(config.get("policy", "uniform"), until=config["until"]))
+        tune.report({**base, "supernet": config.get("supernet", 0), **out})
+    elif kind == "score":
+        actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
+        rows = ray.get(actor.score.remote(config["archs"], batches=config.get("batches", 1)))
+        for position, row in enumerate(rows):
+            tune.report({**base, "supernet": config.get("supernet", 0), "position": position, **row})
+    elif kind == "standalone":
+        _standalone(config, run, base)
+    else:
+        raise ValueError(f"work unit kind={kind!r}; expected one of {KINDS}")
+
+
+def _standalone(config: dict, run: dict, base: dict) -> None:
+    splits = _splits(run["dataset"], run.get("data_dir"), tuple(sorted((run.get("data_options") or {}).items())))
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    recipe = {k: config[k] for k in RECIPE if k in config}
+    # torch would use every core of the node; the trial holds only its CPU share
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    training = StandaloneTraining(
+        get_space(run["space"]), config["arch"], splits, C=config.get("C", 16), N=config.get("N", 5),
+        seed=config.get("seed", 777), device=device, **recipe,
+    )
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            training.load_state_dict(torch.load(Path(directory) / "state.pt", map_location=device, weights_only=False))
+    # a checkpoint every few epochs (~10 per training): each one is a copy to storage
+    every = int(config.get("checkpoint_every") or max(1, training.recipe["epochs"] // 10))
+    while not training.done:
+        row = {**base, "arch": str(training.arch), "role": config.get("role", ""), "device": device,
+               **training.run_epoch()}
+        if training.epoch % every and not training.done:
+            tune.report(row)
+            continue
+        with tempfile.TemporaryDirectory() as directory:
+            torch.save(training.state_dict(), Path(directory) / "state.pt")
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def unit_resources(config: dict, *, trial_cpus: float, standalone_cpus: float, standalone_gpus: float) -> dict[str, Any]:
+    """Trials that call actors are light; standalone trainings hold their own CPU/GPU share."""
+    if config.get("kind") == "standalone":
+        return {"CPU": standalone_cpus, "GPU": standalone_gpus}
+    return {"CPU": trial_cpus}

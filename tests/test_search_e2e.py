@@ -1,0 +1,176 @@
+"""End-to-end searches on a real local Ray: tables, comparison, resume after SIGKILL, actor restarts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raynas.cli import main
+from raynas.driver import search
+from raynas.results import CANDIDATE_COLUMNS, SUMMARY_COLUMNS
+from tests.conftest import TINY
+
+RAYNAS = [sys.executable, "-m", "raynas.cli"]
+
+
+@pytest.fixture(scope="module")
+def rsps_run(ray_session, tmp_path_factory):
+    storage = tmp_path_factory.mktemp("runs")
+    return search("rsps", dataset="digits", overrides=TINY, storage=storage, name="rsps", seed=0, verbose=0)
+
+
+def test_rsps_search_writes_the_tables(rsps_run):
+    candidates = pd.read_parquet(rsps_run / "candidates.parquet")
+    summary = pd.read_parquet(rsps_run / "summary.parquet")
+    manifest = json.loads((rsps_run / "manifest.json").read_text())
+    assert list(candidates.columns) == CANDIDATE_COLUMNS
+    assert len(candidates) == 6 and candidates["arch"].is_unique
+    assert not candidates.duplicated(["unit", "position"]).any()
+    assert candidates["valid_acc"].between(0, 1).all() and (candidates["params"] > 0).all()
+    assert (candidates["supernet_version"] == manifest["supernet"]["total_steps"]).all()
+    assert set(candidates["method"]) == {"rsps"} and (candidates["batches"] == 1).all()
+    assert list(summary.columns) == SUMMARY_COLUMNS and len(summary) == 1
+    row = summary.iloc[0]
+    top2 = set(candidates.nlargest(2, "valid_acc")["arch"])
+    assert row["final_arch"] in top2
+    assert 0.2 < row["standalone_test_acc"] <= 1.0 and row["standalone_epochs"] == 2
+    assert row["supernet_steps"] == manifest["supernet"]["total_steps"] == 3 * 16
+    assert row["train_s"] > 0 and row["score_s"] > 0 and row["standalone_s"] > 0
+    assert row["device_s"] == pytest.approx(row["train_s"] + row["score_s"] + row["standalone_s"])
+    assert manifest["bn_mode"] == "batch" and manifest["device"] == "cpu"
+    assert manifest["dataset"]["name"] == "digits" and len(manifest["dataset"]["fingerprint"]) == 64
+    assert set(manifest["versions"]) >= {"raynas", "torch", "ray"}
+    assert (rsps_run / "supernets" / "0" / "snapshot.pt").is_file()
+
+
+def test_random_search_and_compare_over_both(ray_session, rsps_run, capsys):
+    tiny = {"searcher": {"num_samples": 2, "standalone": {"C": 4, "N": 1, "epochs": 1, "batch_size": 128}}}
+    random_run = search("random", overrides=tiny, storage=rsps_run.parent, name="random", verbose=0)
+    summary = pd.read_parquet(random_run / "summary.parquet").iloc[0]
+    assert summary["candidates"] == 0 and np.isfinite(summary["standalone_test_acc"])
+    capsys.readouterr()
+    assert main(["compare", str(rsps_run), str(random_run)]) == 0
+    text = capsys.readouterr().out
+    assert "rsps" in text and "random" in text
+    assert main(["compare", str(rsps_run.parent), "--format", "csv"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("method,dataset,runs") and len(table) == 3
+    assert main(["compare", str(rsps_run), "--format", "markdown"]) == 0
+    assert "\\|" in capsys.readouterr().out  # arch pipes escaped inside the cell
+    out = rsps_run.parent / "table.parquet"
+    assert main(["compare", str(rsps_run), "--format", "parquet", "--output", str(out)]) == 0
+    assert len(pd.read_parquet(out)) == 1
+
+
+def test_actor_killed_mid_training_resumes_from_its_snapshot(ray_session, tmp_path):
+    import ray
+
+    from raynas.actor import create_supernet_actor
+
+    kwargs = dict(dataset="digits", C=4, N=1, total_steps=400, valid_batch_size=64, snapshot_every=10,
+                  snapshot_dir=str(tmp_path))
+    actor = create_supernet_actor("kill-test", 0, kwargs, num_cpus=1, max_restarts=2)
+    assert ray.get(actor.info.remote())["version"] == 0
+    call = actor.train.remote("uniform", until=400)
+    deadline = time.time() + 60
+    while not (tmp_path / "snapshot.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    ray.kill(actor, no_restart=False)
+    snapped = torch.load(tmp_path / "snapshot.pt", weights_only=False)["version"]
+    assert snapped >= 10
+    out = ray.get(call, timeout=120)  # retried on the restarted actor
+    info = ray.get(actor.info.remote())
+    assert info["restored_from"] == str(tmp_path / "snapshot.pt")
+    assert out["version"] == info["version"] == 400
+    assert out["steps"] <= 400 - snapped  # it resumed past the snapshot, not from scratch
+    ray.kill(actor, no_restart=True)
+
+
+def _run_cli(args, **kw):
+    return subprocess.run(RAYNAS + args, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_resume_after_the_driver_is_sigkilled(tmp_path):
+    overrides = ["--set", "supernet.epochs=6", "--set", "searcher.chunk_steps=16",
+                 "--set", "searcher.num_candidates=12", "--set", "searcher.cohort_size=3",
+                 "--set", "searcher.standalone={'C': 4, 'N': 1, 'epochs': 8, 'batch_size': 128}"]
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    driver = subprocess.Popen(
+        RAYNAS + ["search", "--method", "rsps", "--storage", str(tmp_path), "--name", "run", "--num-cpus", "2", *overrides],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )
+    # kill once scoring has begun (some cohorts done, others not): mid-search
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        if any("score" in p.name for p in run_dir.glob("unit*")) and list(run_dir.glob("searcher-state-*.pkl")):
+            break
+        time.sleep(0.1)
+    assert driver.poll() is None, "the search ended before it could be killed:\n" + driver.stdout.read()
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert not (run_dir / "summary.parquet").exists()
+    time.sleep(3)  # the embedded Ray shares the driver's fate
+    resumed = _run_cli(["search", "--resume", str(run_dir), "-q"], env=env)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    candidates = pd.read_parquet(run_dir / "candidates.parquet")
+    assert len(candidates) == 12 and candidates["arch"].is_unique
+    assert not candidates.duplicated(["unit", "position"]).any()
+    summary = pd.read_parquet(run_dir / "summary.parquet").iloc[0]
+    assert summary["final_arch"] in set(candidates["arch"]) and np.isfinite(summary["standalone_test_acc"])
+    assert summary["supernet_steps"] == 6 * 16
+
+
+GOOD = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["search", "--method", "darts"], "unknown method 'darts'; expected one of:"),
+        (["search", "--space", "nb101"], "unknown space 'nb101'; expected one of: nb201"),
+        (["search", "--dataset", "mnist"], "unknown dataset 'mnist'; expected one of:"),
+        (["search", "--preset", "huge"], "unknown preset 'huge'"),
+        (["search", "--dataset", "cifar10", "--data-dir", "/nonexistent"], "--data-dir /nonexistent: no such directory"),
+        (["search", "--dataset", "cifar10"], "cifar10"),
+        (["search", "--set", "supernet.epochs"], "expected SECTION.KEY=VALUE"),
+        (["space", "nb201", "--arch", "|bogus~0|"], "NB201 arch string '|bogus~0|'"),
+        (["space", "nb201", "--arch", "99999"], "0..15624"),
+        (["compare", "/nonexistent"], "no summary.parquet"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+    result = _run_cli(args + (["--storage", str(tmp_path)] if args[0] == "search" else []), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_resume_of_a_non_run_and_an_existing_run_dir_are_refused(tmp_path):
+    (tmp_path / "notarun").mkdir()
+    result = _run_cli(["search", "--resume", str(tmp_path / "notarun")])
+    assert result.returncode == 2 and "not a raynas run directory" in result.stderr
+    existing = tmp_path / "taken"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    result = _run_cli(["search", "--storage", str(tmp_path), "--name", "taken"])
+    assert result.returncode == 2 and "already exists" in result.stderr
+    assert [p.name for p in existing.iterdir()] == ["keep.txt"] and (existing / "keep.txt").read_text() == "mine"
+
+
+def test_cli_version_and_space_info():
+    out = _run_cli(["--version"])
+    assert out.returncode == 0 and out.stdout.startswith("raynas ")
+    out = _run_cli(["space", "nb201", "--arch", GOOD])
+    assert out.returncode == 0 and "1,288,506" in out.stdout
+    out = _run_cli(["space", "nb201", "--info"])
+    assert out.returncode == 0 and "15,625" in out.stdout and "6,466" in out.stdout

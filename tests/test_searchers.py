@@ -1,0 +1,162 @@
+"""Searchers as state machines, driven by a cheap fake evaluator with a known optimum (no Ray).
+
+Parametrised over the method registry: every searcher finishes, survives NaN and errored units,
+and continues identically after save -> restore into a fresh instance.
+"""
+
+import math
+
+import pytest
+from ray.tune.search import Searcher
+
+from raynas.searchers import get_presets, get_searcher_class, method_names
+from raynas.spaces import get_space
+
+SPACE = get_space("nb201")
+
+
+def fake_acc(arch: str) -> float:
+    """Known optimum: more 3x3 convs is better; ties broken by the index."""
+    a = SPACE.parse(arch)
+    return a.ops.count(3) / 6 + a.index / 1e7
+
+
+def make(method, seed=0, **extra):
+    kwargs = dict(get_presets(method)["small"].get("searcher", {}))
+    kwargs.update(seed=seed, total_steps=100, **extra)
+    return get_searcher_class(method)(**kwargs)
+
+
+class Driver:
+    """Plays Tune: asks for units, answers them with fake rows, records every decision."""
+
+    def __init__(self, searcher, nan_every=0, fail_first=None):
+        self.searcher, self.n, self.log = searcher, 0, []
+        self.nan_every, self.fail_first, self.failed = nan_every, fail_first, set()
+        self.version = 0
+
+    def step(self):
+        """One suggest; answer it at once. Returns False once FINISHED."""
+        self.n += 1
+        trial = f"t{self.n}"
+        unit = self.searcher.suggest(trial)
+        if unit == Searcher.FINISHED:
+            return False
+        assert unit is not None, "a searcher answered synchronously must never wait"
+        self.log.append({k: v for k, v in unit.items()})
+        if self.fail_first == unit["kind"] and unit["kind"] not in self.failed:
+            self.failed.add(unit["kind"])
+            self.searcher.on_trial_complete(trial, None, error=True)
+            return True
+        rows = self.rows(unit)
+        for row in rows:
+            self.searcher.on_trial_result(trial, row)
+        self.searcher.on_trial_complete(trial, rows[-1])
+        return True
+
+    def rows(self, unit):
+        kind = unit["kind"]
+        if kind == "train":
+            self.version = max(self.version, unit["until"])
+            return [{"kind": kind, "version": self.version, "train_loss": 1.0}]
+        if kind == "score":
+            out = []
+            for i, arch in enumerate(unit["archs"]):
+                acc = fake_acc(arch)
+                if self.nan_every and i % self.nan_every == 0:
+                    acc = math.nan
+                out.append({"kind": kind, "arch": arch, "position": i, "valid_acc": acc, "version": self.version})
+            return out
+        if kind == "standalone":
+            acc = fake_acc(unit["arch"])
+            return [{"kind": kind, "arch": unit["arch"], "epoch": e, "valid_acc": acc, "test_acc": acc} for e in (1, 2)]
+        raise AssertionError(kind)
+
+    def run(self, limit=10_000):
+        while self.step():
+            assert self.n < limit
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_searcher_finishes_and_picks_well(method):
+    driver = Driver(make(method))
+    driver.run()
+    kinds = [u["kind"] for u in driver.log]
+    assert kinds.count("standalone") >= 1
+    assert [u["unit"] for u in driver.log] == list(range(len(driver.log)))
+    finals = [u["arch"] for u in driver.log if u.get("role") == "final"]
+    sampled = {a for u in driver.log if u["kind"] == "score" for a in u["archs"]} or set(finals)
+    # the final picks are the best of what was scored
+    best = max(sampled, key=fake_acc)
+    assert best in finals
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_same_seed_same_decisions_and_another_seed_differs(method):
+    a, b, c = Driver(make(method, seed=1)), Driver(make(method, seed=1)), Driver(make(method, seed=2))
+    for d in (a, b, c):
+        d.run()
+    assert a.log == b.log
+    assert a.log != c.log
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_save_restore_mid_search_continues_identically(method, tmp_path):
+    straight = Driver(make(method, seed=5))
+    straight.run()
+    for cut in (1, len(straight.log) // 2, len(straight.log) - 1):
+        first = Driver(make(method, seed=5))
+        for _ in range(cut):
+            first.step()
+        path = str(tmp_path / f"state-{cut}.pkl")
+        first.searcher.save(path)
+        fresh = make(method, seed=99)  # a different seed: everything must come from the state
+        fresh.restore(path)
+        second = Driver(fresh)
+        second.n, second.version = first.n, first.version
+        second.run()
+        assert first.log + second.log == straight.log, f"diverged after a restore at unit {cut}"
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_nan_scores_never_win(method):
+    driver = Driver(make(method), nan_every=2)
+    driver.run()
+    scored_nan = {a for u in driver.log if u["kind"] == "score" for i, a in enumerate(u["archs"]) if i % 2 == 0}
+    finals = {u["arch"] for u in driver.log if u.get("role") == "final"}
+    assert not (finals & scored_nan)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_errored_unit_is_reissued(method):
+    driver = Driver(make(method), fail_first="standalone")
+    driver.run()
+    standalone = [u for u in driver.log if u["kind"] == "standalone"]
+    first = standalone[0]
+    assert sum(u["unit"] == first["unit"] for u in standalone) == 2  # the same unit, once more
+
+
+def test_rsps_trains_in_sequential_chunks_then_scores_cohorts():
+    searcher = make("rsps", chunk_steps=30, num_candidates=10, cohort_size=4, top_k=3)
+    assert searcher.suggest("a") == {"kind": "train", "supernet": 0, "until": 30, "policy": "uniform", "unit": 0}
+    assert searcher.suggest("b") is None  # the next chunk waits for this one
+    searcher.on_trial_complete("a", {"version": 30})
+    assert searcher.suggest("c")["until"] == 60
+    searcher.on_trial_complete("c", {"version": 60})
+    searcher.on_trial_complete("c", {"version": 60})  # a duplicate completion is ignored
+    assert searcher.suggest("d")["until"] == 90
+    searcher.on_trial_complete("d", {"version": 90})
+    assert searcher.suggest("e")["until"] == 100
+    searcher.on_trial_complete("e", {"version": 100})
+    cohorts = [searcher.suggest(t) for t in ("f", "g", "h")]
+    assert [len(c["archs"]) for c in cohorts] == [4, 4, 2]
+    assert len({a for c in cohorts for a in c["archs"]}) == 10
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"top_k": 5, "num_candidates": 2}, "top_k=5 > num_candidates=2"), ({"chunk_steps": 0}, "chunk_steps=0; must be >= 1")],
+)
+def test_rsps_validates_its_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make("rsps", **kwargs)
