@@ -10,6 +10,7 @@ Methods add their policy with :func:`register_policy`; the name is what their wo
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable
 
 import numpy as np
@@ -25,11 +26,12 @@ class Policy:
     #: the spec this policy was made from (set by :func:`make_policy`)
     spec: dict = {"name": "uniform"}
 
-    def __init__(self, space: Space, num_cells: int, **options: Any) -> None:
+    def __init__(self, space: Space, num_cells: int, *, device: Any = "cpu", **options: Any) -> None:
         if options:
             raise ValueError(f"policy {self.name!r} takes no options; got {sorted(options)}")
         self.space = space
         self.num_cells = num_cells
+        self.device = device
 
     def path(self, rng: np.random.Generator, step: int):
         """The ``path`` argument of the supernet forward for this step."""
@@ -37,6 +39,11 @@ class Policy:
 
     def after_step(self, worker, step: int) -> dict:
         """Hook after the weight step (SETN: the alpha step); returns extra metrics."""
+        return {}
+
+    def export(self) -> dict:
+        """Plain values (lists, floats) the searcher needs, e.g. SETN's alpha; added to the
+        ``train`` unit's row under these top-level keys."""
         return {}
 
     def state_dict(self) -> dict:
@@ -61,8 +68,8 @@ class PoolPolicy(Policy):
 
     name = "pool"
 
-    def __init__(self, space: Space, num_cells: int, *, archs, weights=None) -> None:
-        super().__init__(space, num_cells)
+    def __init__(self, space: Space, num_cells: int, *, archs, weights=None, device: Any = "cpu") -> None:
+        super().__init__(space, num_cells, device=device)
         if not archs:
             raise ValueError("policy 'pool': archs is empty; expected at least one arch")
         self.archs = [space.parse(a) for a in archs]
@@ -94,14 +101,23 @@ for _cls in (Policy, PerCellPolicy, PoolPolicy):
     register_policy(_cls)
 
 
-def make_policy(spec: dict | str, space: Space, num_cells: int) -> Policy:
+#: policies that live in a method's own searcher file: imported (and so registered) on first use
+POLICY_MODULES: dict[str, str] = {
+    "setn": "raynas.searchers.setn",
+    "evnas": "raynas.searchers.evnas",
+}
+
+
+def make_policy(spec: dict | str, space: Space, num_cells: int, device: Any = "cpu") -> Policy:
     if isinstance(spec, str):
         spec = {"name": spec}
     spec = dict(spec)
     name = spec.pop("name", None)
+    if name not in POLICIES and name in POLICY_MODULES:
+        importlib.import_module(POLICY_MODULES[name])
     if name not in POLICIES:
         raise ValueError(f"unknown training policy {name!r}; expected one of: {', '.join(sorted(POLICIES))}")
-    policy = POLICIES[name](space, num_cells, **spec)
+    policy = POLICIES[name](space, num_cells, device=device, **spec)
     # the spec it was made from: a unit naming the same spec keeps this policy and its state
     policy.spec = {"name": name, **spec}
     return policy

@@ -127,7 +127,7 @@ class SupernetWorker:
         self.steps_per_epoch = len(self.train_batches)
         self.total_steps = int(total_steps) if total_steps is not None else max(1, round(epochs * self.steps_per_epoch))
         self.rng = np.random.default_rng(seed)
-        self.policy: Policy = make_policy("uniform", self.space, self.supernet.num_cells)
+        self.policy: Policy = make_policy("uniform", self.space, self.supernet.num_cells, self.device)
         self.version = 0
         self.seconds = {"train": 0.0, "score": 0.0}
         self.snapshot_path = Path(snapshot_dir) / "snapshot.pt" if snapshot_dir else None
@@ -141,7 +141,7 @@ class SupernetWorker:
     def _use_policy(self, spec: dict | str) -> Policy:
         spec = normalise_spec(spec)
         if spec != self.policy.spec:
-            self.policy = make_policy(spec, self.space, self.supernet.num_cells)
+            self.policy = make_policy(spec, self.space, self.supernet.num_cells, self.device)
         return self.policy
 
     def train(self, policy: dict | str = "uniform", until: int | None = None, steps: int | None = None) -> dict:
@@ -191,6 +191,7 @@ class SupernetWorker:
             "samples_per_s": seen / seconds if seconds > 0 else 0.0,
             "lr": cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"]),
             **extra,
+            **policy_obj.export(),
         }
 
     # --- scoring --------------------------------------------------------------------------
@@ -278,7 +279,7 @@ class SupernetWorker:
             raise ValueError(f"snapshot format {state.get('format')!r}; this raynas reads format {SNAPSHOT_FORMAT}")
         self.supernet.load_state_dict(state["supernet"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.policy = make_policy(state["policy"]["spec"], self.space, self.supernet.num_cells)
+        self.policy = make_policy(state["policy"]["spec"], self.space, self.supernet.num_cells, self.device)
         self.policy.load_state_dict(state["policy"]["state"])
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])

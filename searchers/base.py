@@ -11,6 +11,10 @@ number of times, turns NaN scores into the worst score, and saves its state as a
 - ``_on_complete(unit, last_row)`` -> a unit has finished;
 
 and list their own state attributes in ``_state_keys``.
+
+:class:`OneShotSearcher` adds the pipeline most weight-sharing methods share (train the supernet
+in chunks under a policy -> score candidates in cohorts -> train the best standalone); a method
+on it overrides ``_candidates()`` and names its training policy.
 """
 
 from __future__ import annotations
@@ -187,3 +191,106 @@ class WorkUnitSearcher(Searcher):
     # what the driver needs to know to build the actors and the result tables
     def describe(self) -> dict[str, Any]:
         return {"method": getattr(self, "method", type(self).__name__), "space": self.space, "seed": self.seed}
+
+
+class OneShotSearcher(WorkUnitSearcher):
+    """The one-shot pipeline: train the supernet in sequential chunks under a policy, score a
+    set of candidates in cohorts, train the ``top_k`` best standalone; the best standalone valid
+    accuracy wins. Methods override :meth:`_candidates` (and pass their own ``policy``)."""
+
+    _state_keys = ("phase_", "trained_until_", "candidates_", "cohorts_issued_", "scores_", "picks_", "standalone_")
+
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        chunk_steps: int = 500,
+        num_candidates: int = 100,
+        cohort_size: int = 100,
+        score_batches: int | None = 1,
+        top_k: int = 1,
+        standalone: dict | None = None,
+        policy: dict | str = "uniform",
+        supernet: int = 0,
+        space: str = "nb201",
+        seed: int = 0,
+        max_concurrent: int = 4,
+    ) -> None:
+        super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
+        for key, value in (("total_steps", total_steps), ("chunk_steps", chunk_steps),
+                           ("num_candidates", num_candidates), ("cohort_size", cohort_size), ("top_k", top_k)):
+            if int(value) < 1:
+                raise ValueError(f"{key}={value!r}; must be >= 1")
+        if top_k > num_candidates:
+            raise ValueError(f"top_k={top_k} > num_candidates={num_candidates}; must be <= num_candidates")
+        self.total_steps = int(total_steps)
+        self.chunk_steps = int(chunk_steps)
+        self.num_candidates = int(num_candidates)
+        self.cohort_size = int(cohort_size)
+        self.score_batches = score_batches
+        self.top_k = int(top_k)
+        self.standalone = dict(standalone or {})
+        self.policy = policy
+        self.supernet = supernet
+        self.phase_ = "train"
+        self.trained_until_ = 0
+        self.candidates_: list[str] = []
+        self.cohorts_issued_ = 0
+        self.scores_: dict[str, float] = {}
+        self.picks_: list[str] = []
+        self.standalone_: dict[str, dict] = {}
+
+    def _live(self, kind: str) -> bool:
+        return any(u["kind"] == kind for u in self.live_.values()) or any(u["kind"] == kind for u in self.retry_)
+
+    def _next_unit(self):
+        if self.phase_ == "train":
+            if self.trained_until_ < self.total_steps:
+                if self._live("train"):
+                    return None  # chunks are sequential: each continues the previous one's weights
+                until = min(self.trained_until_ + self.chunk_steps, self.total_steps)
+                return {"kind": "train", "supernet": self.supernet, "until": until, "policy": self.policy}
+            self.phase_ = "score"
+            self.candidates_ = [str(a) for a in self._candidates()]
+        if self.phase_ == "score":
+            start = self.cohorts_issued_ * self.cohort_size
+            if start < len(self.candidates_):
+                self.cohorts_issued_ += 1
+                return {"kind": "score", "supernet": self.supernet, "batches": self.score_batches,
+                        "archs": self.candidates_[start:start + self.cohort_size]}
+            if self._live("score") or any(c not in self.scores_ for c in self.candidates_):
+                return None
+            ranked = sorted(self.candidates_, key=lambda a: self.scores_[a], reverse=True)
+            self.picks_ = ranked[: self.top_k]
+            self.phase_ = "standalone"
+        if self.phase_ == "standalone":
+            issued = {u["arch"] for u in self.live_.values() if u["kind"] == "standalone"} | set(self.standalone_)
+            issued |= {u["arch"] for u in self.retry_ if u["kind"] == "standalone"}
+            for arch in self.picks_:
+                if arch not in issued:
+                    return {"kind": "standalone", "arch": arch, "role": "final", **self.standalone}
+            if self._live("standalone"):
+                return None
+            return Searcher.FINISHED
+        return None
+
+    def _candidates(self) -> list:
+        """The archs to score once the supernet is trained."""
+        raise NotImplementedError
+
+    def _on_row(self, unit: dict, row: dict) -> None:
+        if unit["kind"] == "score" and "arch" in row:
+            self.scores_[row["arch"]] = row["valid_acc"]
+
+    def _on_complete(self, unit: dict, row: dict) -> None:
+        if unit["kind"] == "train":
+            self.trained_until_ = max(self.trained_until_, int(row.get("version", unit["until"])))
+        elif unit["kind"] == "standalone":
+            self.standalone_[unit["arch"]] = row
+
+    @property
+    def best_arch(self) -> str | None:
+        """The winner: best standalone valid accuracy among the picks (``None`` until known)."""
+        if not self.standalone_:
+            return None
+        return max(self.standalone_, key=lambda a: self.standalone_[a].get("valid_acc", 0.0))
