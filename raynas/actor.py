@@ -27,6 +27,10 @@ class _SupernetActor(SupernetWorker):
             worker_kwargs["num_threads"] = max(1, int(cpus))
         super().__init__(**worker_kwargs)
 
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (placement checks, manifests)."""
+        return ray.get_runtime_context().get_node_id()
+
 
 SupernetActor = ray.remote(_SupernetActor)
 

@@ -3,6 +3,8 @@
     raynas search --method rsps --dataset digits            # embedded local Ray, small preset
     raynas search --resume runs/rsps-digits-s0-...          # continue after the driver died
     raynas compare runs/*                                   # method table, no Ray needed
+    raynas rank runs/* --truth truth/fashion-mnist16.parquet # supernet ranking vs the truth
+    raynas truth --output truth/new.parquet ...             # build a ground-truth table
     raynas space nb201 --info                               # the space's facts
 
 Usage errors print one line and exit 2; nothing is overwritten.
@@ -32,6 +34,12 @@ def _parse_set(items: list[str]) -> dict:
             value = raw
         out.setdefault(section, {})[name] = value
     return out
+
+
+def _with_few_shot(overrides: dict, edges: str | None) -> dict:
+    if edges:
+        overrides.setdefault("searcher", {})["few_shot"] = edges
+    return overrides
 
 
 def _parse_options(items: list[str]) -> dict:
@@ -64,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
     s.add_argument("--preset", default="small", help="small (minutes on 2 CPU cores) or paper (default small)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--few-shot", metavar="EDGES",
+                   help="few-shot NAS: split the space on these edges, e.g. '1<-0' (5 sub-supernets) or '1<-0,3<-2' (25)")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. supernet.epochs=5 or searcher.num_candidates=50")
     s.add_argument("--storage", default="runs", help="folder of run directories (default ./runs)")
@@ -93,14 +103,43 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("name", help=f"one of: {', '.join(dataset_names())}")
     d.add_argument("--data-dir")
     d.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+
+    r = sub.add_parser("rank", help="rank agreement of runs' supernet scores with a truth table (reads files only)")
+    r.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("--truth", required=True, metavar="TABLE", help="truth parquet, e.g. truth/fashion-mnist16.parquet")
+    r.add_argument("--format", choices=("text", "csv", "json"), default="text")
+    r.add_argument("--top-k", type=int, action="append", metavar="K", help="top-k precision for K (default 5 and 10)")
+
+    t = sub.add_parser("truth", help="build a ground-truth table: a stratified sample of archs trained standalone, several seeds each")
+    t.add_argument("--output", help="the table to write (.parquet; never overwritten) and its .json beside it")
+    t.add_argument("--dataset", default="fashion-mnist", help=f"one of: {', '.join(dataset_names())} (default fashion-mnist)")
+    t.add_argument("--data-dir", help="folder holding the dataset's files (fashion-mnist defaults to Debian's)")
+    t.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
+    t.add_argument("--space", default="nb201", help=f"one of: {', '.join(space_names())} (default nb201)")
+    t.add_argument("--archs", type=int, default=60, help="archs in the sample (default 60)")
+    t.add_argument("--seeds", type=int, default=6, help="training seeds per arch, 0..K-1 (default 6)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--C", type=int, default=8)
+    t.add_argument("--N", type=int, default=1)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--sample-seed", type=int, default=0, help="seed of the arch sample (default 0)")
+    t.add_argument("--strata", type=int, default=4, help="parameter-count strata of the sample (default 4)")
+    t.add_argument("--weak-fraction", type=float, default=0.15, help="share of weak archs forced in (default 0.15)")
+    t.add_argument("--storage", default="runs", help="folder of the Tune experiment (default ./runs)")
+    t.add_argument("--name", help="experiment directory name (default truth-OUTPUT-TIME)")
+    t.add_argument("--address", help="Ray cluster address to join (default: start an embedded local Ray)")
+    t.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    t.add_argument("--max-concurrent", type=int, help="trainings at once (default: what the cluster holds)")
+    t.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue a build whose driver died, with its own settings")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
 
 
 def _cmd_search(args) -> int:
     from raynas.driver import search
 
-    if args.resume and any(v is not None for v in (args.data_dir, args.name, args.set, args.data_option)):
-        raise ValueError("--resume continues a run with its own settings; drop --data-dir/--name/--set/--data-option")
+    if args.resume and any(v is not None for v in (args.data_dir, args.name, args.set, args.data_option, args.few_shot)):
+        raise ValueError("--resume continues a run with its own settings; drop --data-dir/--name/--set/--data-option/--few-shot")
     run_dir = search(
         args.method,
         space=args.space,
@@ -109,7 +148,7 @@ def _cmd_search(args) -> int:
         data_options=_parse_options(args.data_option),
         preset=args.preset,
         seed=args.seed,
-        overrides=_parse_set(args.set),
+        overrides=_with_few_shot(_parse_set(args.set), args.few_shot),
         storage=args.storage,
         name=args.name,
         address=args.address,
@@ -187,10 +226,65 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_rank(args) -> int:
+    import json
+
+    from raynas.ranking import rank_runs
+
+    table = rank_runs(args.runs, args.truth, top_k=tuple(args.top_k or (5, 10)))
+    if args.format == "json":
+        print(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
+    elif args.format == "csv":
+        print(table.to_csv(index=False).rstrip("\n"))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _cmd_truth(args) -> int:
+    import shlex
+
+    from raynas.truth import build_truth
+
+    if args.resume and any(v is not None for v in (args.output, args.data_dir, args.name, args.data_option)):
+        raise ValueError("--resume continues a build with its own settings; drop --output/--data-dir/--name/--data-option")
+    # the settings as a command line, recorded in the table's metadata (how it was built)
+    command = ["raynas", "truth", "--dataset", args.dataset]
+    command += [f"--data-dir={args.data_dir}"] if args.data_dir else []
+    command += [f"--data-option={o}" for o in args.data_option or []]
+    command += [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in (
+        "space", "archs", "seeds", "epochs", "C", "N", "batch_size", "sample_seed", "strata", "weak_fraction")]
+    command += ["--output", str(args.output)]
+    output = build_truth(
+        args.dataset,
+        output=args.output,
+        data_dir=args.data_dir,
+        data_options=_parse_options(args.data_option),
+        space=args.space,
+        archs=args.archs,
+        seeds=args.seeds,
+        recipe=dict(C=args.C, N=args.N, epochs=args.epochs, batch_size=args.batch_size),
+        sample_seed=args.sample_seed,
+        strata=args.strata,
+        weak_fraction=args.weak_fraction,
+        storage=args.storage,
+        name=args.name,
+        address=args.address,
+        num_cpus=args.num_cpus,
+        max_concurrent=args.max_concurrent,
+        resume=args.resume,
+        command=shlex.join(command),
+        verbose=0 if args.quiet else 1,
+    )
+    print(output)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"search": _cmd_search, "compare": _cmd_compare, "space": _cmd_space, "data": _cmd_data}
+    handlers = {"search": _cmd_search, "compare": _cmd_compare, "space": _cmd_space, "data": _cmd_data,
+                "rank": _cmd_rank, "truth": _cmd_truth}
     try:
         return handlers[args.command](args)
     except (ValueError, FileNotFoundError) as err:  # UsageError, DatasetError and bad names are ValueErrors

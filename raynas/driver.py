@@ -30,7 +30,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "supernet": dict(bn_mode="batch", snapshot_every=None),
     "searcher": dict(),
     "resources": dict(actor_cpus=1.0, actor_gpus=None, trial_cpus=0.25, standalone_cpus=1.0,
-                      standalone_gpus=None, max_concurrent=2, max_failures=2, max_restarts=3),
+                      standalone_gpus=None, max_concurrent=2, max_failures=2, max_restarts=3,
+                      placement_strategy="SPREAD", placement_timeout_s=120),
 }
 
 
@@ -66,6 +67,15 @@ def make_config(method: str, *, space: str = "nb201", dataset: str = "digits", d
     unknown = set(overrides or {}) - set(DEFAULTS)
     if unknown:
         raise UsageError(f"overrides: unknown sections {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
+    few_shot = config["searcher"].get("few_shot")
+    if few_shot:
+        if not getattr(get_searcher_class(method), "supports_few_shot", False):
+            raise UsageError(f"--few-shot: method {method!r} has no few-shot variant; expected one of the one-shot "
+                             f"methods: {', '.join(m for m in method_names() if getattr(get_searcher_class(m), 'supports_few_shot', False))}")
+        try:
+            config["searcher"]["few_shot"] = get_space(space).parse_edges(few_shot)
+        except ValueError as err:
+            raise UsageError(f"--few-shot {few_shot}: {err}") from None
     config.update(method=method, space=space, dataset=dataset, data_dir=data_dir,
                   data_options=dict(data_options or {}), preset=preset, seed=int(seed))
     return config
@@ -151,11 +161,9 @@ def search(
 def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_cpus: int | None, verbose: int) -> Path:
     import ray
     from ray import tune
-    from ray.tune.search import ConcurrencyLimiter
 
-    from raynas.actor import create_supernet_actor
     from raynas.progress import Progress
-    from raynas.trainable import unit_resources, work_unit
+    from raynas.resume import StateBackup, repair
 
     started = time.perf_counter()
     _init_ray(address, num_cpus, verbose)
@@ -168,16 +176,10 @@ def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_
     run = {k: config[k] for k in ("run_id", "space", "dataset", "data_dir", "data_options")}
 
     info: dict = {}
+    supernet_actors: list = []
     if getattr(searcher_cls, "uses_supernet", True):
-        worker_kwargs = dict(config["supernet"], space=config["space"], dataset=config["dataset"],
-                             data_dir=config["data_dir"], data_options=config["data_options"], seed=config["seed"],
-                             snapshot_dir=str(run_dir / "supernets" / "0"))
-        actor = create_supernet_actor(config["run_id"], 0, worker_kwargs, num_cpus=res["actor_cpus"],
-                                      num_gpus=actor_gpus, max_restarts=res["max_restarts"])
-        try:
-            info = ray.get(actor.info.remote())
-        except ray.exceptions.RayActorError as err:
-            raise UsageError(f"the supernet actor could not start: {_root_cause(err)}") from None
+        # the handles are held for the whole search: Ray ends a (non-detached) actor once no handle is left
+        info, res, supernet_actors = _start_supernets(config, run_dir, res, space, actor_gpus)
     else:
         from raynas.data import load_dataset
 
@@ -186,47 +188,35 @@ def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_
                 "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
                 "input_size": splits.info.input_size}
 
-    trainable = tune.with_resources(
-        tune.with_parameters(work_unit, run=run),
-        lambda unit: unit_resources(unit, trial_cpus=res["trial_cpus"], standalone_cpus=res["standalone_cpus"],
-                                    standalone_gpus=standalone_gpus),
-    )
+    trainable = work_unit_trainable(run, res, standalone_gpus=standalone_gpus)
     progress = Progress(verbose=verbose, total_steps=info.get("total_steps"))
+    callbacks = [progress, StateBackup(run_dir)]
     if resume:
+        restored = repair(run_dir)
+        if restored and verbose:
+            print(f"raynas: Tune's state in {run_dir} was cut short when the driver died; "
+                  f"resuming from raynas's last complete copy ({', '.join(restored)})", file=sys.stderr)
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         searcher_kwargs = dict(config["searcher"], space=config["space"], seed=config["seed"],
                                max_concurrent=res["max_concurrent"])
         if "total_steps" in info:
             searcher_kwargs["total_steps"] = info["total_steps"]
+        if info.get("few_shot"):
+            searcher_kwargs["few_shot_steps"] = info["few_shot"]["steps"]
         searcher = searcher_cls(**searcher_kwargs)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=ConcurrencyLimiter(searcher, max_concurrent=res["max_concurrent"]),
-                num_samples=-1,
-                reuse_actors=True,
-                trial_name_creator=_trial_name,
-                trial_dirname_creator=_trial_name,
-            ),
-            run_config=tune.RunConfig(
-                name=run_dir.name,
-                storage_path=str(run_dir.parent),
-                verbose=0,
-                callbacks=[progress],
-                failure_config=tune.FailureConfig(max_failures=res["max_failures"]),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            ),
-        )
+        tuner = work_unit_tuner(trainable, searcher, run_dir, res, callbacks=callbacks)
     if resume:
-        # restored run configs drop callbacks: progress is re-attached
-        tuner._local_tuner._run_config.callbacks = [progress]
+        # restored run configs drop callbacks: they are re-attached
+        tuner._local_tuner._run_config.callbacks = callbacks
     grid = tuner.fit()
     errors = [r.error for r in grid if r.error is not None]
     if errors:
         print(f"raynas: {len(errors)} work unit(s) failed for good; first: {errors[0]}", file=sys.stderr)
 
     info = _final_info(config, info)
+    _stop_supernets(config, info)
+    del supernet_actors
     manifest = _manifest(config, info)
     state_path = run_dir / "raynas-wall.json"
     previous = json.loads(state_path.read_text())["wall_s"] if state_path.exists() else 0.0
@@ -243,6 +233,101 @@ def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_
             flush=True,
         )
     return run_dir
+
+
+def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: float) -> tuple[dict, dict, list]:
+    """Start the one-shot supernet's actor (id 0) and, under few-shot NAS, one actor per
+    sub-supernet (ids 1..K) in a placement group. Returns the facts of supernet 0 (plus the
+    few-shot layout) and the resources section, adjusted so the actors fit the cluster."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from raynas.actor import create_supernet_actor
+
+    edges = config["searcher"].get("few_shot")
+    regions = space.split(space.parse_edges(edges)) if edges else []
+    res = dict(res)
+    if regions:
+        # K + 1 actors and up to K concurrent light trials must fit the cluster's CPUs
+        res["max_concurrent"] = max(res["max_concurrent"], len(regions))
+        cpus = float(ray.cluster_resources().get("CPU", 1))
+        spare = cpus - res["max_concurrent"] * res["trial_cpus"] - res["standalone_cpus"]
+        res["actor_cpus"] = round(max(0.05, min(res["actor_cpus"], spare / (len(regions) + 1))), 2)
+    worker_kwargs = dict(config["supernet"], space=config["space"], dataset=config["dataset"],
+                         data_dir=config["data_dir"], data_options=config["data_options"], seed=config["seed"],
+                         snapshot_dir=str(run_dir / "supernets" / "0"))
+    actors = [create_supernet_actor(config["run_id"], 0, worker_kwargs, num_cpus=res["actor_cpus"],
+                                    num_gpus=actor_gpus, max_restarts=res["max_restarts"])]
+    try:
+        info = ray.get(actors[0].info.remote())
+    except ray.exceptions.RayActorError as err:
+        raise UsageError(f"the supernet actor could not start: {_root_cause(err)}") from None
+    if not regions:
+        return info, res, actors
+    steps = config["searcher"].get("few_shot_steps") or max(1, info["total_steps"] // len(regions))
+    bundle = {"CPU": res["actor_cpus"], **({"GPU": actor_gpus} if actor_gpus else {})}
+    group = placement_group([bundle] * len(regions), strategy=res["placement_strategy"],
+                            name=f"{config['run_id']}/sub-supernets")
+    try:
+        ray.get(group.ready(), timeout=res["placement_timeout_s"])
+    except ray.exceptions.GetTimeoutError:
+        raise UsageError(
+            f"the cluster cannot place {len(regions)} sub-supernet actors of {bundle} "
+            f"(strategy {res['placement_strategy']}) within {res['placement_timeout_s']} s; "
+            "lower resources.actor_cpus/actor_gpus or add nodes"
+        ) from None
+    for k, region in enumerate(regions, start=1):
+        kwargs = dict(worker_kwargs, allowed_ops=[list(a) for a in region.allowed_ops], total_steps=steps,
+                      epochs=None, snapshot_dir=str(run_dir / "supernets" / str(k)),
+                      init_from=str(run_dir / "supernets" / "0" / "snapshot.pt"))
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=k - 1)
+        actors.append(create_supernet_actor(config["run_id"], k, kwargs, num_cpus=res["actor_cpus"],
+                                            num_gpus=actor_gpus, max_restarts=res["max_restarts"],
+                                            scheduling_strategy=strategy))
+    nodes = ray.get([a.node_id.remote() for a in actors])
+    info["few_shot"] = {"edges": space.parse_edges(edges), "sub_supernets": len(regions), "steps": steps,
+                        "strategy": res["placement_strategy"], "actor_cpus": res["actor_cpus"],
+                        "nodes": nodes, "regions": [[list(a) for a in r.allowed_ops] for r in regions]}
+    return info, res, actors
+
+
+def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float):
+    """The work-unit trainable of a run, each unit sized by its kind (``res``: the resources section)."""
+    from ray import tune
+
+    from raynas.trainable import unit_resources, work_unit
+
+    return tune.with_resources(
+        tune.with_parameters(work_unit, run=run),
+        lambda unit: unit_resources(unit, trial_cpus=res["trial_cpus"], standalone_cpus=res["standalone_cpus"],
+                                    standalone_gpus=standalone_gpus),
+    )
+
+
+def work_unit_tuner(trainable, searcher, run_dir: Path, res: dict, *, callbacks: list):
+    """A new Tune experiment in ``run_dir`` driven by a raynas searcher (at most ``res["max_concurrent"]`` live units)."""
+    from ray import tune
+    from ray.tune.search import ConcurrencyLimiter
+
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=res["max_concurrent"]),
+            num_samples=-1,
+            reuse_actors=True,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            verbose=0,
+            callbacks=callbacks,
+            failure_config=tune.FailureConfig(max_failures=res["max_failures"]),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
 
 
 def _root_cause(err: BaseException) -> str:
@@ -269,9 +354,32 @@ def _final_info(config: dict, info: dict) -> dict:
     if "total_steps" not in info:
         return info
     try:
-        return ray.get(get_supernet_actor(config["run_id"], 0).info.remote())
+        return {**ray.get(get_supernet_actor(config["run_id"], 0).info.remote()), "few_shot": info.get("few_shot")}
     except Exception:  # the actor may be gone after a failure; the start's facts still hold
         return info
+
+
+def _stop_supernets(config: dict, info: dict) -> None:
+    """Free the run's actors and placement group: their state is in the snapshots (a shared
+    Ray, a test session or a cluster, runs many searches)."""
+    import ray
+    from ray.util import get_placement_group, remove_placement_group
+
+    from raynas.actor import get_supernet_actor
+
+    if "total_steps" not in info:
+        return
+    count = 1 + (info.get("few_shot") or {}).get("sub_supernets", 0)
+    for k in range(count):
+        try:
+            ray.kill(get_supernet_actor(config["run_id"], k))
+        except ValueError:  # already gone
+            pass
+    if count > 1:
+        try:
+            remove_placement_group(get_placement_group(f"{config['run_id']}/sub-supernets"))
+        except ValueError:
+            pass
 
 
 def _manifest(config: dict, info: dict) -> dict:
@@ -293,6 +401,7 @@ def _manifest(config: dict, info: dict) -> dict:
         "in_channels": info.get("in_channels"),
         "input_size": info.get("input_size"),
         "supernet": {k: info.get(k) for k in ("total_steps", "steps_per_epoch", "parameters", "restored_from")},
+        "few_shot": info.get("few_shot"),
         "config": config,
         "host": platform.node(),
     }

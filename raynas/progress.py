@@ -39,6 +39,10 @@ class Progress(Callback):
                 self.best = (acc, result.get("arch", "?"))
             if self.verbose >= 2 or self.scored % 10 == 0:
                 self._say(f"scored {self.scored} candidates; best so far {self.best[0]:.4f} {self.best[1]}")
+        elif kind == "proxy":
+            self.scored += 1
+            if self.verbose >= 2 or self.scored % 10 == 0:
+                self._say(f"round {result.get('round', '?')}: {self.scored} training-free proxy scores so far")
         elif kind == "standalone":
             self._say(
                 f"standalone {result.get('arch')}: epoch {result.get('epoch')}/{result.get('epochs')}  "

@@ -101,10 +101,12 @@ def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wa
     finals = standalone.groupby("unit").tail(1) if not standalone.empty else standalone
     if not finals.empty and "role" in finals:
         finals = finals[finals["role"] == "final"]
-    best = finals.sort_values("valid_acc", ascending=False, kind="stable").head(1)
+    best = finals.sort_values("valid_acc", ascending=False, kind="stable").head(1) if "valid_acc" in finals else finals.head(0)
     final_arch = str(best["arch"].iloc[0]) if len(best) else None
     train_s = float(trained["seconds"].sum()) if "seconds" in trained else 0.0
-    score_s = float(candidates["device_s"].sum())
+    # training-free proxies (TE-NAS) are this run's scoring cost
+    proxies = _last_per(rows[kind == "proxy"], ["unit", "position"])
+    score_s = float(candidates["device_s"].sum()) + (float(proxies["seconds"].sum()) if "seconds" in proxies else 0.0)
     standalone_s = float(finals["seconds"].sum()) if "seconds" in finals else 0.0
     summary = pd.DataFrame(
         [

@@ -5,10 +5,15 @@ A unit's config says its kind:
 - ``{"kind": "train", "supernet": k, "until": V, "policy": {...}}``: the supernet actor trains
   until version V under the policy; one row.
 - ``{"kind": "score", "supernet": k, "archs": [...], "batches": b}``: the actor scores the
-  cohort; one row per candidate so searchers see each in ``on_trial_result``.
+  cohort; one row per candidate so searchers see each in ``on_trial_result``. Optional
+  ``"path_mode": "decoded"`` scores each arch's EvNAS mixture instead of its single path.
 - ``{"kind": "standalone", "arch": s, "epochs": E, ...}``: trains the arch from scratch in the
   trial itself (it holds its own GPU when the cluster has them); a row and a checkpoint per
   epoch, so a retried trial resumes.
+- ``{"kind": "proxy", "masks": [...], "labels": [...], "repeats": R, "seed": s, ...}``: TE-NAS's
+  training-free proxies (:func:`raynas.proxies.score_masks`) of each (6, 5) 0/1 op mask, computed
+  in the trial itself (like standalone units, it holds its own CPU/GPU share); one row per mask
+  with per-repeat lists ``ntk`` and ``regions``.
 
 Trials only look actors up by name; they create none (they run inside placement groups).
 """
@@ -29,7 +34,7 @@ from raynas.data import load_dataset
 from raynas.spaces import get_space
 from raynas.standalone import RECIPE, StandaloneTraining
 
-KINDS = ("train", "score", "standalone")
+KINDS = ("train", "score", "standalone", "proxy")
 
 
 @functools.lru_cache(maxsize=2)
@@ -48,11 +53,14 @@ def work_unit(config: dict, run: dict) -> None:
         tune.report({**base, "supernet": config.get("supernet", 0), **out})
     elif kind == "score":
         actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
-        rows = ray.get(actor.score.remote(config["archs"], batches=config.get("batches", 1)))
+        rows = ray.get(actor.score.remote(config["archs"], batches=config.get("batches", 1),
+                                          path_mode=config.get("path_mode", "arch")))
         for position, row in enumerate(rows):
             tune.report({**base, "supernet": config.get("supernet", 0), "position": position, **row})
     elif kind == "standalone":
         _standalone(config, run, base)
+    elif kind == "proxy":
+        _proxy(config, run, base)
     else:
         raise ValueError(f"work unit kind={kind!r}; expected one of {KINDS}")
 
@@ -84,8 +92,28 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
+def _proxy(config: dict, run: dict, base: dict) -> None:
+    import time
+
+    from raynas.proxies import score_masks
+
+    splits = _splits(run["dataset"], run.get("data_dir"), tuple(sorted((run.get("data_options") or {}).items())))
+    device = "cuda" if ray.get_gpu_ids() else "cpu"
+    torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
+    options = {k: config[k] for k in ("repeats", "ntk_batch", "region_samples", "region_batches", "ntk_C", "ntk_N")
+               if k in config}
+    start = time.perf_counter()
+    rows = score_masks(config["masks"], splits.train.images, num_classes=splits.info.num_classes,
+                       seed=config["seed"], device=device, **options)
+    seconds = (time.perf_counter() - start) / max(1, len(rows))
+    for position, (label, row) in enumerate(zip(config["labels"], rows)):
+        tune.report({**base, "round": config.get("round", -1), "label": label, "position": position,
+                     "device": device, "seconds": seconds, **row})
+
+
 def unit_resources(config: dict, *, trial_cpus: float, standalone_cpus: float, standalone_gpus: float) -> dict[str, Any]:
-    """Trials that call actors are light; standalone trainings hold their own CPU/GPU share."""
-    if config.get("kind") == "standalone":
+    """Trials that call actors are light; standalone trainings and proxy units compute, so they
+    hold their own CPU/GPU share."""
+    if config.get("kind") in ("standalone", "proxy"):
         return {"CPU": standalone_cpus, "GPU": standalone_gpus}
     return {"CPU": trial_cpus}

@@ -21,11 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from raynas.data import Batches, load_dataset
-from raynas.policies import Policy, make_policy, normalise_spec
+from raynas.policies import Policy, decoded_weights, make_policy, normalise_spec
 from raynas.spaces import get_space
 
 #: BN modes of the supernet's cell ops (METHODS.md: batch statistics, "BN=0", rank much better)
 BN_MODES = ("batch", "running")
+#: how score() runs a candidate: its single path, or EvNAS's decoded mixture softmax(one_hot(arch))
+PATH_MODES = ("arch", "decoded")
 SNAPSHOT_FORMAT = 1
 
 
@@ -35,6 +37,19 @@ def cosine_lr(step: int, total: int, lr: float, lr_min: float) -> float:
         return lr
     t = min(step, total) / total
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * t))
+
+
+def restarted_cosine_lr(step: int, total: int, lr: float, lr_min: float, restarts: int = 1) -> float:
+    """:func:`cosine_lr` in ``restarts`` equal cycles over ``total`` steps (warm restarts: Balanced
+    NAO restarts the schedule every search iteration). Cycle ``k`` starts at step
+    ``ceil(k * total / restarts)`` with ``lr`` and anneals to ``lr_min`` at the next cycle's start;
+    ``restarts=1`` is :func:`cosine_lr`."""
+    if restarts <= 1 or total <= 0:
+        return cosine_lr(step, total, lr, lr_min)
+    step = min(step, total)
+    k = min(step * restarts // total, restarts - 1)
+    start, end = -(-k * total // restarts), -(-(k + 1) * total // restarts)
+    return cosine_lr(step - start, end - start, lr, lr_min)
 
 
 def pick_device(device: str | None = None) -> torch.device:
@@ -54,8 +69,9 @@ class SupernetWorker:
     """One supernet with its optimizer, schedule and resident data, on one device.
 
     Args are keyword-only and stored verbatim in :attr:`config`. ``total_steps`` fixes the cosine
-    schedule; ``snapshot_dir`` enables snapshots (every ``snapshot_every`` steps and at the end
-    of every :meth:`train` call) and makes a new worker resume from the last one.
+    schedule (``lr_restarts`` cuts it into that many equal cycles, each from ``lr`` to ``lr_min``);
+    ``snapshot_dir`` enables snapshots (every ``snapshot_every`` steps and at the end of every
+    :meth:`train` call) and makes a new worker resume from the last one.
     """
 
     def __init__(
@@ -79,6 +95,7 @@ class SupernetWorker:
         grad_clip: float | None = 5.0,
         total_steps: int | None = None,
         epochs: float | None = None,
+        lr_restarts: int = 1,
         seed: int = 0,
         snapshot_dir: str | None = None,
         snapshot_every: int | None = None,
@@ -91,7 +108,7 @@ class SupernetWorker:
         if (total_steps is None) == (epochs is None):
             raise ValueError(f"total_steps={total_steps!r}, epochs={epochs!r}; give exactly one (the schedule's length)")
         for key, value in (("batch_size", batch_size), ("valid_batch_size", valid_batch_size),
-                           ("total_steps", total_steps or 1), ("epochs", epochs or 1)):
+                           ("total_steps", total_steps or 1), ("epochs", epochs or 1), ("lr_restarts", lr_restarts)):
             if value < 1:
                 raise ValueError(f"{key}={value!r}; must be >= 1")
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -132,10 +149,11 @@ class SupernetWorker:
         self.seconds = {"train": 0.0, "score": 0.0}
         self.snapshot_path = Path(snapshot_dir) / "snapshot.pt" if snapshot_dir else None
         self.restored_from: str | None = None
+        # few-shot NAS: a sub-supernet starts from its parent's weights, read at its first train
+        # call (the parent is still training when the sub-supernet actors are created)
+        self.initialized_from: str | None = None
         if self.snapshot_path is not None and self.snapshot_path.exists():
             self.load_snapshot(self.snapshot_path)
-        elif init_from:
-            self.init_from_parent(init_from)
 
     # --- training -------------------------------------------------------------------------
     def _use_policy(self, spec: dict | str) -> Policy:
@@ -149,6 +167,8 @@ class SupernetWorker:
         if (until is None) == (steps is None):
             raise ValueError("train: give exactly one of until= (a target version) or steps=")
         target = int(until) if until is not None else self.version + int(steps)
+        if self.config["init_from"] and self.version == 0 and self.initialized_from is None:
+            self.init_from_parent(self.config["init_from"])
         policy_obj = self._use_policy(policy)
         cfg = self.config
         net, opt = self.supernet, self.optimizer
@@ -159,7 +179,7 @@ class SupernetWorker:
         seen = 0
         extra: dict = {}
         while self.version < target:
-            lr = cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"])
+            lr = restarted_cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"], cfg["lr_restarts"])
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = next(self._train_iter)
@@ -189,19 +209,24 @@ class SupernetWorker:
             "train_acc": float(correct.item() / seen) if seen else float("nan"),
             "seconds": seconds,
             "samples_per_s": seen / seconds if seconds > 0 else 0.0,
-            "lr": cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"]),
+            "lr": restarted_cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"], cfg["lr_restarts"]),
             **extra,
             **policy_obj.export(),
         }
 
     # --- scoring --------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, archs: Sequence, batches: int | None = 1) -> list[dict]:
+    def score(self, archs: Sequence, batches: int | None = 1, path_mode: str = "arch") -> list[dict]:
         """Valid accuracy and loss of each arch on the supernet, in eval mode.
 
         ``batches``: valid batches per arch, drawn from an advancing stream so consecutive
         candidates see different batches (SETN); ``None`` scores each arch on the whole split.
+        ``path_mode``: ``"arch"`` runs each arch's single path; ``"decoded"`` runs the mixture of
+        all ops weighted by :func:`raynas.policies.decoded_weights` (EvNAS fitness). Rows keep
+        ``arch`` = the arch's string either way.
         """
+        if path_mode not in PATH_MODES:
+            raise ValueError(f"score: path_mode={path_mode!r}; expected one of {PATH_MODES}")
         parsed = [self.space.parse(a) for a in archs]
         outside = [str(a) for a in parsed if a not in self.space]
         if outside:
@@ -210,6 +235,10 @@ class SupernetWorker:
         rows = []
         for arch in parsed:
             start = time.perf_counter()
+            if path_mode == "decoded":
+                path = decoded_weights(arch, self.space.num_ops, self.device, allowed_ops=self.space.allowed_ops)
+            else:
+                path = arch
             if batches is None:
                 stream = iter(self.valid_full)
             else:
@@ -218,7 +247,7 @@ class SupernetWorker:
             correct = torch.zeros((), device=self.device)
             n = used = 0
             for x, y in stream:
-                logits = self.supernet(x, arch)
+                logits = self.supernet(x, path)
                 loss_sum += F.cross_entropy(logits, y, reduction="sum")
                 correct += (logits.argmax(1) == y).sum()
                 n += y.numel()
@@ -257,6 +286,7 @@ class SupernetWorker:
             "parameters": sum(p.numel() for p in self.supernet.parameters()),
             "seconds": dict(self.seconds),
             "restored_from": self.restored_from,
+            "initialized_from": self.initialized_from,
             "policy": self.policy.name,
         }
 
@@ -272,6 +302,7 @@ class SupernetWorker:
             "train_batches": self.train_batches.state_dict(),
             "valid_batches": self.valid_batches.state_dict(),
             "seconds": dict(self.seconds),
+            "initialized_from": self.initialized_from,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -289,6 +320,7 @@ class SupernetWorker:
         self._valid_iter = self.valid_batches.forever()
         self.version = int(state["version"])
         self.seconds = dict(state["seconds"])
+        self.initialized_from = state.get("initialized_from")
 
     def snapshot(self, path: str | os.PathLike | None = None) -> str:
         """Write the full state atomically (to the snapshot path unless ``path`` is given)."""
@@ -304,5 +336,8 @@ class SupernetWorker:
 
     def init_from_parent(self, path: str | os.PathLike) -> None:
         """Few-shot NAS: start from a parent supernet's weights with a fresh optimizer and version."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_from={str(path)!r}: the parent supernet's snapshot does not exist (yet)")
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.supernet.load_state_dict(state["supernet"])
+        self.initialized_from = str(path)

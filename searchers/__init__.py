@@ -12,6 +12,10 @@ import importlib
 SEARCHERS: dict[str, str] = {
     "rsps": "rsps:RSPSSearcher",
     "random": "random_search:RandomSearcher",
+    "tenas": "tenas:TENASSearcher",
+    "evnas": "evnas:EvNASSearcher",
+    "setn": "setn:SETNSearcher",
+    "nao": "nao:NAOSearcher",
 }
 
 

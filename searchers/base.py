@@ -25,7 +25,7 @@ import os
 import pickle
 import uuid
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from ray.tune.search import Searcher
@@ -196,9 +196,17 @@ class WorkUnitSearcher(Searcher):
 class OneShotSearcher(WorkUnitSearcher):
     """The one-shot pipeline: train the supernet in sequential chunks under a policy, score a
     set of candidates in cohorts, train the ``top_k`` best standalone; the best standalone valid
-    accuracy wins. Methods override :meth:`_candidates` (and pass their own ``policy``)."""
+    accuracy wins. Methods override :meth:`_candidates` (and pass their own ``policy``).
 
-    _state_keys = ("phase_", "trained_until_", "candidates_", "cohorts_issued_", "scores_", "picks_", "standalone_")
+    Few-shot NAS (Zhao et al., ICML 2021) with ``few_shot=EDGES``: after the one-shot supernet
+    (id 0) is trained, the sub-supernets ``1..K`` (one per region of ``space.split(EDGES)``,
+    each initialised from the one-shot snapshot by its actor) train ``few_shot_steps`` steps
+    each, concurrently; every candidate is then scored on the sub-supernet whose region holds it.
+    """
+
+    supports_few_shot = True
+    _state_keys = ("phase_", "trained_", "exports_", "candidates_", "cohorts_", "cohorts_issued_", "scores_",
+                   "picks_", "standalone_")
 
     def __init__(
         self,
@@ -211,7 +219,8 @@ class OneShotSearcher(WorkUnitSearcher):
         top_k: int = 1,
         standalone: dict | None = None,
         policy: dict | str = "uniform",
-        supernet: int = 0,
+        few_shot: Sequence[int] | None = None,
+        few_shot_steps: int | None = None,
         space: str = "nb201",
         seed: int = 0,
         max_concurrent: int = 4,
@@ -231,41 +240,67 @@ class OneShotSearcher(WorkUnitSearcher):
         self.top_k = int(top_k)
         self.standalone = dict(standalone or {})
         self.policy = policy
-        self.supernet = supernet
+        self.few_shot = None if few_shot is None else self.space_.parse_edges(few_shot)
+        self.regions_ = self.space_.split(self.few_shot) if self.few_shot else []
+        if self.few_shot and few_shot_steps is None:
+            few_shot_steps = max(1, self.total_steps // len(self.regions_))
+        if few_shot_steps is not None and int(few_shot_steps) < 1:
+            raise ValueError(f"few_shot_steps={few_shot_steps!r}; must be >= 1")
+        self.few_shot_steps = few_shot_steps
         self.phase_ = "train"
-        self.trained_until_ = 0
+        #: supernet id -> version reached (0: the one-shot supernet; 1..K: sub-supernets)
+        self.trained_: dict[int, int] = {0: 0}
+        #: supernet id -> the policy's exported values in its last train row (SETN's alpha, ...)
+        self.exports_: dict[int, dict] = {}
         self.candidates_: list[str] = []
+        self.cohorts_: list[dict] = []
         self.cohorts_issued_ = 0
         self.scores_: dict[str, float] = {}
         self.picks_: list[str] = []
         self.standalone_: dict[str, dict] = {}
 
-    def _live(self, kind: str) -> bool:
-        return any(u["kind"] == kind for u in self.live_.values()) or any(u["kind"] == kind for u in self.retry_)
+    def _live(self, kind: str, supernet: int | None = None) -> bool:
+        return any(u["kind"] == kind and (supernet is None or u.get("supernet") == supernet)
+                   for u in [*self.live_.values(), *self.retry_])
+
+    def _train_unit(self, supernet: int, total: int) -> dict | None:
+        """The next chunk of ``supernet`` (chunks of one supernet are sequential: each continues
+        the previous one's weights), ``None`` while its chunk runs or once it is done."""
+        done = self.trained_.get(supernet, 0)
+        if done >= total or self._live("train", supernet):
+            return None
+        return {"kind": "train", "supernet": supernet, "until": min(done + self.chunk_steps, total),
+                "policy": self.policy}
 
     def _next_unit(self):
         if self.phase_ == "train":
-            if self.trained_until_ < self.total_steps:
-                if self._live("train"):
-                    return None  # chunks are sequential: each continues the previous one's weights
-                until = min(self.trained_until_ + self.chunk_steps, self.total_steps)
-                return {"kind": "train", "supernet": self.supernet, "until": until, "policy": self.policy}
+            if self.trained_[0] < self.total_steps:
+                return self._train_unit(0, self.total_steps)
+            self.phase_ = "train_sub" if self.few_shot else "score"
+        if self.phase_ == "train_sub":
+            subs = range(1, len(self.regions_) + 1)
+            for k in subs:
+                unit = self._train_unit(k, self.few_shot_steps)
+                if unit is not None:
+                    return unit
+            if any(self.trained_.get(k, 0) < self.few_shot_steps for k in subs):
+                return None
             self.phase_ = "score"
-            self.candidates_ = [str(a) for a in self._candidates()]
         if self.phase_ == "score":
-            start = self.cohorts_issued_ * self.cohort_size
-            if start < len(self.candidates_):
+            if not self.cohorts_:
+                self.candidates_ = [str(a) for a in self._candidates()]
+                self.cohorts_ = self._cohorts(self.candidates_)
+            if self.cohorts_issued_ < len(self.cohorts_):
                 self.cohorts_issued_ += 1
-                return {"kind": "score", "supernet": self.supernet, "batches": self.score_batches,
-                        "archs": self.candidates_[start:start + self.cohort_size]}
+                return dict(self.cohorts_[self.cohorts_issued_ - 1])
             if self._live("score") or any(c not in self.scores_ for c in self.candidates_):
                 return None
             ranked = sorted(self.candidates_, key=lambda a: self.scores_[a], reverse=True)
             self.picks_ = ranked[: self.top_k]
             self.phase_ = "standalone"
         if self.phase_ == "standalone":
-            issued = {u["arch"] for u in self.live_.values() if u["kind"] == "standalone"} | set(self.standalone_)
-            issued |= {u["arch"] for u in self.retry_ if u["kind"] == "standalone"}
+            issued = set(self.standalone_) | {u["arch"] for u in [*self.live_.values(), *self.retry_]
+                                              if u["kind"] == "standalone"}
             for arch in self.picks_:
                 if arch not in issued:
                     return {"kind": "standalone", "arch": arch, "role": "final", **self.standalone}
@@ -274,8 +309,22 @@ class OneShotSearcher(WorkUnitSearcher):
             return Searcher.FINISHED
         return None
 
+    def supernet_of(self, arch) -> int:
+        """The supernet that scores ``arch``: its region's sub-supernet under few-shot, else 0."""
+        if not self.few_shot:
+            return 0
+        return 1 + self.space_.region_of(self.space_.parse(arch), self.few_shot)
+
+    def _cohorts(self, candidates: list[str]) -> list[dict]:
+        """Score units: candidates grouped by the supernet that scores them, ``cohort_size`` each."""
+        by_supernet: dict[int, list[str]] = {}
+        for arch in candidates:
+            by_supernet.setdefault(self.supernet_of(arch), []).append(arch)
+        return [{"kind": "score", "supernet": k, "batches": self.score_batches, "archs": archs[i:i + self.cohort_size]}
+                for k, archs in sorted(by_supernet.items()) for i in range(0, len(archs), self.cohort_size)]
+
     def _candidates(self) -> list:
-        """The archs to score once the supernet is trained."""
+        """The archs to score once the supernet(s) are trained."""
         raise NotImplementedError
 
     def _on_row(self, unit: dict, row: dict) -> None:
@@ -284,9 +333,14 @@ class OneShotSearcher(WorkUnitSearcher):
 
     def _on_complete(self, unit: dict, row: dict) -> None:
         if unit["kind"] == "train":
-            self.trained_until_ = max(self.trained_until_, int(row.get("version", unit["until"])))
+            k = unit.get("supernet", 0)
+            self.trained_[k] = max(self.trained_.get(k, 0), int(row.get("version", unit["until"])))
+            self.exports_[k] = {key: row[key] for key in self._export_keys if key in row}
         elif unit["kind"] == "standalone":
             self.standalone_[unit["arch"]] = row
+
+    #: keys of a train row the method's policy exports and the searcher keeps (SETN: "alpha")
+    _export_keys: tuple[str, ...] = ()
 
     @property
     def best_arch(self) -> str | None:

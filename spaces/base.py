@@ -7,6 +7,7 @@ form (the key of every result table) and, for spaces small enough, an integer in
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from typing import Any, Hashable, Iterator, Protocol, Sequence
 
@@ -120,6 +121,44 @@ class Space(ABC):
     @abstractmethod
     def restrict(self, allowed_ops: dict[int, Sequence[int]]) -> "Space":
         """The sub-space where edge ``e`` may only use ``allowed_ops[e]`` (few-shot NAS)."""
+
+    def split(self, edges: Sequence[int]) -> list["Space"]:
+        """Few-shot NAS: one sub-space per combination of allowed ops on ``edges`` (first edge
+        slowest), e.g. 5 for one NB201 edge, 25 for two. :meth:`region_of` finds an arch's one."""
+        edges = self._check_edges(edges)
+        return [self.restrict(dict(zip(edges, ([o] for o in combo))))
+                for combo in itertools.product(*(self.allowed_ops[e] for e in edges))]
+
+    def region_of(self, arch: Arch, edges: Sequence[int]) -> int:
+        """Index into :meth:`split` of the sub-space that holds ``arch``."""
+        edges = self._check_edges(edges)
+        index = 0
+        for e in edges:
+            allowed = self.allowed_ops[e]
+            if arch.ops[e] not in allowed:
+                raise ValueError(f"arch '{arch}' is outside {self!r} on edge {self.edge_names[e]}")
+            index = index * len(allowed) + allowed.index(arch.ops[e])
+        return index
+
+    def parse_edges(self, text: str | Sequence) -> list[int]:
+        """``"1<-0,3<-2"`` or ``"0,5"`` or a sequence of those -> edge indices."""
+        items = text.split(",") if isinstance(text, str) else list(text)
+        edges = []
+        for item in items:
+            item = item.strip() if isinstance(item, str) else item
+            if item in self.edge_names:
+                edges.append(self.edge_names.index(item))
+            elif isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+                edges.append(int(item))
+            else:
+                raise ValueError(f"edge {item!r}; expected an index 0..{self.num_edges - 1} or one of {', '.join(self.edge_names)}")
+        return self._check_edges(edges)
+
+    def _check_edges(self, edges: Sequence[int]) -> list[int]:
+        edges = [int(e) for e in edges]
+        if not edges or len(set(edges)) != len(edges) or not all(0 <= e < self.num_edges for e in edges):
+            raise ValueError(f"edges={edges!r}; expected distinct edge indices in 0..{self.num_edges - 1}")
+        return edges
 
     # --- size and networks ----------------------------------------------------------------
     @abstractmethod

@@ -15,7 +15,7 @@ def ray_session():
 
     if not ray.is_initialized():
         # logical CPUs above the 2 physical ones: light trials and an actor can overlap
-        ray.init(num_cpus=4, namespace="raynas", include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=4, namespace="raynas", include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 

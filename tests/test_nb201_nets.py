@@ -400,3 +400,18 @@ def test_all_archs_small_forward_smoke():
                 ops = tuple(o if k == e else (o + 1) % 5 for k in range(6))
                 assert torch.isfinite(sup(x, ops)).all()
     assert len(list(itertools.islice(sup._plans, 100))) > 0
+
+
+def test_space_size_tables_equal_networks_built_whole():
+    import numpy as np
+
+    from raynas.spaces import get_space
+    from raynas.spaces import nb201_nets
+
+    space = get_space("nb201")
+    rng = np.random.default_rng(0)
+    archs = space.sample(rng, 6) + [space.arch((4,) * 6), space.arch((3, 2, 1, 4, 0, 3))]
+    for arch in archs:
+        for net in (dict(C=16, N=5, num_classes=10), dict(C=8, N=1, num_classes=10, in_channels=1)):
+            assert space.count_parameters(arch, **net) == nb201_nets.count_parameters(arch.ops, **net)
+            assert space.count_flops(arch, input_size=16, **net) == nb201_nets.count_flops(arch.ops, input_size=16, **net)

@@ -154,3 +154,19 @@ def test_encode_decode(space):
     assert space.decode(onehot) == arch
     sub = space.restrict({0: [1, 2]})
     assert sub.decode(onehot).ops[0] in (1, 2)  # argmax over allowed ops only
+
+
+def test_split_into_regions_for_few_shot(space):
+    regions = space.split([0])
+    assert len(regions) == 5 and all(len(r) == 3125 for r in regions)
+    assert [r.allowed_ops[0] for r in regions] == [(0,), (1,), (2,), (3,), (4,)]
+    two = space.split(space.parse_edges("1<-0,3<-2"))
+    assert len(two) == 25 and sum(len(r) for r in two) == 15625
+    rng = np.random.default_rng(0)
+    for arch in space.sample(rng, 300):
+        k = space.region_of(arch, [0, 5])
+        assert arch in two[k] and sum(arch in r for r in two) == 1
+    assert space.parse_edges("0, 5") == [0, 5] == space.parse_edges([0, "3<-2"])
+    for bad in ("7", "1<-1", "0,0"):
+        with pytest.raises(ValueError, match="edge"):
+            space.parse_edges(bad)

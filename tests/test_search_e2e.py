@@ -174,3 +174,22 @@ def test_cli_version_and_space_info():
     assert out.returncode == 0 and "1,288,506" in out.stdout
     out = _run_cli(["space", "nb201", "--info"])
     assert out.returncode == 0 and "15,625" in out.stdout and "6,466" in out.stdout
+
+
+def test_truncated_tune_state_is_repaired_from_raynas_backup(rsps_run, tmp_path):
+    import shutil
+
+    from raynas.resume import _loads, repair, state_files
+
+    assert (rsps_run / ".raynas-state" / "current").is_file()
+    copy = tmp_path / "run"
+    shutil.copytree(rsps_run, copy)
+    assert repair(copy) == []  # nothing to do while every file loads
+    victims = [p for p in state_files(copy) if p.name.startswith(("search_gen_state-", "experiment_state-"))]
+    assert len(victims) == 2
+    for path in victims:
+        path.write_bytes(path.read_bytes()[:7])  # the driver died mid-copy
+    assert not all(_loads(p) for p in state_files(copy))
+    restored = repair(copy)
+    assert {p.name for p in victims} <= set(restored)
+    assert all(_loads(p) for p in state_files(copy))

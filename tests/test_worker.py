@@ -96,3 +96,20 @@ def test_cosine_schedule_ends():
     assert cosine_lr(0, 100, 0.1, 0.0) == 0.1
     assert cosine_lr(50, 100, 0.1, 0.0) == pytest.approx(0.05)
     assert cosine_lr(100, 100, 0.1, 0.001) == pytest.approx(0.001)
+
+
+def test_sub_supernet_starts_from_its_parents_weights_at_its_first_step(tmp_path):
+    parent = make(tmp_path / "0")
+    parent.train("uniform", until=12)
+    child = make(tmp_path / "1", allowed_ops=[[3], *[range(5)] * 5], init_from=str(tmp_path / "0" / "snapshot.pt"))
+    assert child.initialized_from is None  # the parent may still be training when children are made
+    arch = "|nor_conv_3x3~0|+|none~0|none~1|+|skip_connect~0|none~1|none~2|"
+    before = child.score([arch])[0]
+    child.train("uniform", steps=0)
+    assert child.initialized_from and child.version == 0
+    for (name, a), b in zip(parent.supernet.state_dict().items(), child.supernet.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)  # every op, the split edge's conv included
+    child.train("uniform", until=4)
+    resumed = make(tmp_path / "1", allowed_ops=[[3], *[range(5)] * 5], init_from="/nonexistent")
+    assert resumed.version == 4 and resumed.initialized_from  # a restart reads its own snapshot
+    assert before["arch"] == arch

@@ -1,0 +1,285 @@
+"""TE-NAS's two training-free proxies (Chen, Gong & Wang, ICLR 2021), in plain torch (no Ray).
+
+- :func:`ntk_condition_number`: the condition number ``lambda_max / lambda_min`` of the empirical
+  neural tangent kernel ``G G^T`` of a randomly initialised network on one batch, where row ``i``
+  of ``G`` is the gradient of ``sum_c logit[i, c]`` with respect to every parameter whose name
+  contains ``"weight"`` (the official ``get_ntk_n``). Lower trains better.
+- :func:`linear_region_count`: the number of distinct ReLU sign patterns a network produces on a
+  set of inputs (the official ``LinearRegionCount``): a lower bound on the number of linear
+  regions the inputs fall in. Higher is more expressive.
+
+A network here is an :class:`~raynas.spaces.nb201_nets.NB201Supernet` (or the stem-less one-cell
+:class:`ThinNetwork`) run as a mixture whose per-edge weights come from a 0/1 *mask* of active
+ops (:func:`mixture_weights`), or any ``nn.Module`` taking only the input. :func:`score_masks`
+scores a list of masks the way a TE-NAS round needs: for each repeat, one fresh Kaiming init and
+one batch (seeded), shared by every mask, so the full supernet's value of a repeat pairs with each
+pruned candidate's. Everything is deterministic given the seed: inits and batches are drawn from
+CPU ``torch.Generator`` s, so a mask scores the same on any device up to floating point.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from raynas.spaces.nb201_nets import EDGES, NUM_EDGES, NUM_OPS, NB201Supernet, SearchCell
+
+__all__ = [
+    "mixture_weights",
+    "kaiming_init_",
+    "build_ntk_network",
+    "ThinNetwork",
+    "ntk_gram",
+    "condition_number",
+    "ntk_condition_number",
+    "linear_region_count",
+    "random_crops",
+    "repeat_generator",
+    "score_masks",
+]
+
+#: the value the official code gives a NaN condition number (np.nan_to_num(..., nan=1e5))
+NAN_CONDITION = 1e5
+
+
+# --------------------------------------------------------------------------------------------
+# masks and networks
+# --------------------------------------------------------------------------------------------
+def mixture_weights(mask: Any) -> torch.Tensor:
+    """Per-edge mixture weights of a (6, 5) 0/1 mask of active ops: ``1/k`` on each of the ``k``
+    active ops of an edge, 0 elsewhere (the official code's softmax over alphas that are 0 on
+    active ops and -1000 on pruned ones). Every edge needs at least one active op."""
+    m = torch.as_tensor(np.asarray(mask, dtype=np.float64))
+    if tuple(m.shape) != (NUM_EDGES, NUM_OPS) or not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError(f"mask={np.asarray(mask).tolist()!r}; expected a ({NUM_EDGES}, {NUM_OPS}) array of 0/1")
+    counts = m.sum(1, keepdim=True)
+    if bool((counts == 0).any()):
+        e = int((counts[:, 0] == 0).nonzero()[0])
+        raise ValueError(f"mask row {e} (edge {EDGES[e][0]}<-{EDGES[e][1]}) has no active op; each edge needs >= 1")
+    return (m / counts).float()
+
+
+def kaiming_init_(module: nn.Module, *, mode: str, generator: torch.Generator | None = None) -> nn.Module:
+    """The init the TE-NAS paper intends: Kaiming normal (``mode`` "fan_in" for the region count,
+    "fan_out" for the NTK) on convolutions and linear layers with zero biases; BN weight 1, bias 0.
+
+    Deviation from the official code, which never applies it: its launcher passes
+    ``init="kaiming_normal"`` and ``init_model`` only knows ``kaiming_norm_fanin/_fanout``, so the
+    official networks keep PyTorch's default init."""
+    if mode not in ("fan_in", "fan_out"):
+        raise ValueError(f"mode={mode!r}; expected 'fan_in' or 'fan_out'")
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu", generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    return module
+
+
+def build_ntk_network(*, num_classes: int, in_channels: int, C: int = 3, N: int = 1) -> NB201Supernet:
+    """The NTK's network: the full NB201 macro supernet, affine BNs that track running stats
+    (train mode: batch statistics are used either way)."""
+    return NB201Supernet(C=C, N=N, num_classes=num_classes, in_channels=in_channels,
+                         bn_affine=True, bn_track_running_stats=True)
+
+
+class ThinNetwork(nn.Module):
+    """The region count's thin network (official ``model_config_thin``: C=1, N=1, depth 1, no
+    stem): one search cell on the raw ``C``-channel input, then BN+ReLU, global pooling and a
+    linear classifier. ``forward(x, weights)`` runs the cell as a mixture: edge ``e`` outputs
+    ``sum_o weights[e, o] * op_o(node)`` over the ops whose weight is not 0."""
+
+    def __init__(self, *, C: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.cell = SearchCell(C, True, True)
+        self.lastact = nn.Sequential(nn.BatchNorm2d(C), nn.ReLU(inplace=True))
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C, num_classes)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        w = torch.as_tensor(weights).tolist()
+        nodes = [x]
+        for i in (1, 2, 3):
+            s = None
+            for e, (target, j) in enumerate(EDGES):
+                if target != i:
+                    continue
+                for o, v in enumerate(w[e]):
+                    if v != 0:
+                        y = self.cell.edges[e][o](nodes[j]) * v
+                        s = y if s is None else s + y
+            nodes.append(torch.zeros_like(x) if s is None else s)
+        out = self.global_pooling(self.lastact(nodes[3])).flatten(1)
+        return self.classifier(out)
+
+
+def _forward(network: nn.Module, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return network(x)
+    return network(x, weights.to(x.device))
+
+
+# --------------------------------------------------------------------------------------------
+# NTK condition number
+# --------------------------------------------------------------------------------------------
+def ntk_gram(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The empirical NTK ``G G^T`` (n x n, float64) of ``network`` on ``images`` (n, C, H, W).
+
+    Row ``i`` of ``G`` concatenates the gradients of ``logits[i].sum()`` with respect to every
+    parameter named ``*weight*`` that the forward used (ops with mixture weight 0 do not run and
+    contribute nothing), as the official ``get_ntk_n`` does with one backward per image through
+    the whole batch's graph (BN couples the images). The network's mode is left as it is: TE-NAS
+    scores in train mode."""
+    named = [(n, p) for n, p in network.named_parameters() if "weight" in n and p.requires_grad]
+    if not named:
+        raise ValueError(f"{type(network).__name__} has no trainable parameter named '*weight*'; "
+                         "expected a network with weights to build an NTK from")
+    params = [p for _, p in named]
+    logits = _forward(network, images, weights)
+    if logits.dim() != 2:
+        raise ValueError(f"network output of shape {tuple(logits.shape)}; expected (batch, classes) logits")
+    per_image = logits.sum(1)
+    n = per_image.shape[0]
+    rows = []
+    for i in range(n):
+        grads = torch.autograd.grad(per_image[i], params, retain_graph=i < n - 1, allow_unused=True)
+        rows.append(torch.cat([g.reshape(-1) for g in grads if g is not None]))
+    g = torch.stack(rows).double()
+    return g @ g.T
+
+
+def condition_number(gram: torch.Tensor) -> float:
+    """``lambda_max / lambda_min`` of a symmetric matrix (``torch.linalg.eigvalsh``, float64; the
+    official code's ``torch.symeig`` is gone). NaN becomes 1e5 and +-inf the largest float, as the
+    official ``np.nan_to_num(..., nan=100000.0)``."""
+    eig = torch.linalg.eigvalsh(gram.double())  # ascending
+    kappa = (eig[-1] / eig[0]).item()
+    return float(np.nan_to_num(kappa, nan=NAN_CONDITION))
+
+
+def ntk_condition_number(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None = None) -> float:
+    """Condition number of the NTK of ``network`` (mixture ``weights`` for a supernet) on ``images``."""
+    return condition_number(ntk_gram(network, images, weights))
+
+
+# --------------------------------------------------------------------------------------------
+# linear regions
+# --------------------------------------------------------------------------------------------
+@torch.no_grad()
+def linear_region_count(network: nn.Module, batches: Iterable[torch.Tensor], weights: torch.Tensor | None = None) -> int:
+    """Number of distinct ReLU sign patterns of ``network`` over the inputs of ``batches``.
+
+    Every ``nn.ReLU`` of the network is hooked; a sample's pattern is ``output > 0`` of all of
+    them, flattened, in execution order; patterns of all batches are pooled before counting (the
+    official code does the same, counting with a half-precision Gram trick; here ``torch.unique``
+    counts exactly). Each batch is one forward, so BN in train mode normalises per batch."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module, inputs, output):
+        captured.append((output > 0).reshape(output.shape[0], -1))
+
+    handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, nn.ReLU)]
+    patterns = []
+    samples = 0
+    try:
+        for x in batches:
+            captured.clear()
+            _forward(network, x, weights)
+            samples += x.shape[0]
+            if captured:
+                patterns.append(torch.cat(captured, 1).cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    if not patterns:  # no ReLU ran: the network is affine, one region holds every sample
+        return 1 if samples else 0
+    return int(torch.unique(torch.cat(patterns, 0), dim=0).shape[0])
+
+
+def random_crops(images: torch.Tensor, n: int, *, size: int = 3,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` random ``size`` x ``size`` crops of single random channels of random ``images``
+    (official: RandomCrop(3, padding=0) + RandChannel(1)); shape (n, 1, size, size)."""
+    N, C, H, W = images.shape
+    if size > min(H, W):
+        raise ValueError(f"crop size={size} > image size {H}x{W}; expected <= {min(H, W)}")
+    gen = dict(generator=generator)
+    idx = torch.randint(N, (n,), **gen)
+    ch = torch.randint(C, (n,), **gen)
+    y = torch.randint(H - size + 1, (n,), **gen)
+    x = torch.randint(W - size + 1, (n,), **gen)
+    r = torch.arange(size)
+    rows = (y[:, None] + r)[:, :, None]
+    cols = (x[:, None] + r)[:, None, :]
+    dev = images.device
+    crops = images[idx.to(dev)[:, None, None], ch.to(dev)[:, None, None], rows.to(dev), cols.to(dev)]
+    return crops.unsqueeze(1)
+
+
+# --------------------------------------------------------------------------------------------
+# a TE-NAS scoring unit
+# --------------------------------------------------------------------------------------------
+def repeat_generator(seed: int, repeat: int, stream: int) -> torch.Generator:
+    """A CPU generator for one (round seed, repeat, stream) triple: stream 0 = NTK init, 1 = NTK
+    batch, 2 = region init, 3 = region inputs."""
+    state = np.random.SeedSequence([int(seed), int(repeat), int(stream)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def score_masks(
+    masks: Sequence[Any],
+    images: torch.Tensor,
+    *,
+    num_classes: int,
+    seed: int,
+    repeats: int = 3,
+    ntk_batch: int = 72,
+    region_samples: int = 1000,
+    region_batches: int = 3,
+    crop_size: int = 3,
+    ntk_C: int = 3,
+    ntk_N: int = 1,
+    device: Any = "cpu",
+) -> list[dict]:
+    """Both proxies of each mask, per repeat: ``[{"ntk": [k_0, ...], "regions": [r_0, ...]}]``.
+
+    Repeat ``r`` draws one Kaiming init (fan_out) of the NTK network and one batch of
+    ``ntk_batch`` of ``images`` (the train split, normalised), and one Kaiming init (fan_in) of
+    the thin network and ``region_batches`` batches of ``region_samples`` random crops, all from
+    generators seeded by ``(seed, r)``; every mask of the call is scored on them. ``images`` may
+    live on ``device`` already."""
+    for key, value in (("repeats", repeats), ("ntk_batch", ntk_batch), ("region_samples", region_samples),
+                       ("region_batches", region_batches)):
+        if int(value) < 1:
+            raise ValueError(f"{key}={value!r}; must be >= 1")
+    if ntk_batch > images.shape[0]:
+        raise ValueError(f"ntk_batch={ntk_batch} > {images.shape[0]} train images; must be <= the train split's size")
+    weights = [mixture_weights(m) for m in masks]
+    device = torch.device(device)
+    images = images.to(device)
+    in_channels = images.shape[1]
+    out = [{"ntk": [], "regions": []} for _ in masks]
+    for r in range(int(repeats)):
+        net = build_ntk_network(num_classes=num_classes, in_channels=in_channels, C=ntk_C, N=ntk_N)
+        kaiming_init_(net, mode="fan_out", generator=repeat_generator(seed, r, 0))
+        net.to(device).train()
+        pick = torch.randperm(images.shape[0], generator=repeat_generator(seed, r, 1))[:ntk_batch]
+        batch = images[pick.to(device)]
+        for row, w in zip(out, weights):
+            row["ntk"].append(ntk_condition_number(net, batch, w))
+        del net
+        thin = ThinNetwork(C=1, num_classes=num_classes)  # crops have one channel
+        kaiming_init_(thin, mode="fan_in", generator=repeat_generator(seed, r, 2))
+        thin.to(device).train()
+        gen = repeat_generator(seed, r, 3)
+        crops = [random_crops(images, region_samples, size=crop_size, generator=gen) for _ in range(region_batches)]
+        for row, w in zip(out, weights):
+            row["regions"].append(linear_region_count(thin, crops, w))
+    return out

@@ -1,0 +1,519 @@
+"""Balanced one-shot NAO (Luo et al., "Balanced One-shot Neural Architecture Optimization", 2020),
+adapted to NAS-Bench-201.
+
+The official code (``NAO_pytorch/NAO_V2/train_search.py``) searches the NASNet-like space; raynas
+runs the same loop on NB201 (METHODS.md, "Balanced NAO"):
+
+1. pool = ``seed_archs`` distinct uniform archs;
+2. train the supernet ``total_steps / iterations`` steps on the pool with the size-balanced
+   policy (:class:`raynas.policies.BalancedPolicy`: each step's arch drawn with probability
+   proportional to its parameter count, floored), the learning rate restarting its cosine every
+   iteration (the supernet's ``lr_restarts`` must equal ``iterations``: the presets set both);
+3. score the cumulative pool (every arch seen so far, ``rescore=True`` as the official code, or
+   only the unscored ones), each arch on ``score_batches`` valid batches (the paper: one random
+   batch of 500) with BN on batch statistics (the supernet's ``bn_mode="batch"``);
+4. unless it was the last iteration: fit the encoder-predictor-decoder (EPD) on (arch tokens,
+   min-max normalised score), ``epd_epochs`` epochs of Adam, loss ``trade_off * MSE + (1 -
+   trade_off) * NLL``; from the ``top_archs`` best archs, move each encoder output ``h`` to
+   ``h + lambda * df/dh`` for lambda = 1, 2, ... up to ``max_step_size`` and decode until
+   ``new_archs`` unseen archs exist; they are the next pool (back to 2);
+5. train the ``top_k`` best scored archs from scratch (briefly: the paper re-ranks its top 5 with
+   10 epochs); the best standalone valid accuracy wins.
+
+The EPD is fitted inside ``suggest``, on the Tune driver's CPU: Tune's loop waits while it trains.
+The ``small`` preset keeps it to seconds (50 epochs on ~100 archs); ``paper`` states the paper's
+1,000 epochs, minutes per iteration on one CPU core with 1,000-1,900 archs and their isomorphic
+copies. All EPD randomness (init, split, shuffles, augmentation draws) comes from a local torch
+Generator seeded from the searcher's RNG; the EPD's weights (CPU tensors) are searcher state and
+carry over from one iteration to the next, as the official model does (a fresh Adam each fit).
+
+Adaptation to NB201:
+- Token sequence: the 6 edges in the benchmark's row order, token = op index + 1 (vocabulary 6;
+  token 0 is the decoder's start symbol). The official sequence is 40 tokens of (input, op)
+  pairs per node, and its encoder feeds each pair's two 32-wide embeddings as one 64-wide LSTM
+  step; raynas feeds one 32-wide embedding per edge into an LSTM of hidden size 64.
+- Decoding takes the arg-max over the ops the (sub-)space allows at each edge (the official one
+  restricts each position to node indices or op tokens).
+- "Symmetric inputs" augmentation: swapping the two inputs of a NASNet node is a true symmetry,
+  but swapping edges of an NB201 cell is not in general. raynas adds, for each training arch, up to
+  ``expand - 1`` distinct other archs with the same ``space.canonical_key`` (isomorphic cells that
+  the benchmark counts as one) as extra (arch, score) pairs; archs with no isomorphic sibling get
+  no copies (the official code adds ``expand - 1`` random swaps to every arch).
+
+Deviations:
+- Balanced sampling weighs archs by the parameter count of the benchmark's network (C=16, N=5,
+  10 classes) with a floor (the smallest arch holding any parametric op: 101,306 on NB201; the
+  official code has no floor, its NASNet archs always carry parameters); see
+  :class:`raynas.policies.BalancedPolicy`.
+- The learning rate restarts every iteration (METHODS.md); the official code keeps one
+  ``CosineAnnealingLR(T_max=epochs per iteration)`` over all iterations, which in PyTorch swings
+  back up over the next iteration instead of restarting.
+- If lambda reaches ``max_step_size`` with fewer than ``new_archs`` unseen archs, the rest are
+  drawn uniformly from unseen archs (the official code goes on with a smaller pool), so a pool is
+  never empty.
+- Targets are min-max normalised over the scored pool; if all scores are equal they are all 0.5
+  (the official division by zero gives NaN).
+- The 10% hold-out only measures the predictor (pairwise accuracy, in ``history_``), as in the
+  official code; it is not used for early stopping.
+- Work is cut into units: training chunks of ``chunk_steps`` and scoring cohorts of
+  ``cohort_size``; each scored arch sees the next batch of the actor's shuffled valid stream (the
+  official code draws a fresh random batch per arch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from ray.tune.search import Searcher
+from torch import nn
+
+from raynas.searchers.base import WorkUnitSearcher
+
+logger = logging.getLogger(__name__)
+
+PRESETS = {
+    # finishes on 2 CPU cores in a few minutes on digits
+    "small": {
+        "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=200, epochs=20, lr_restarts=2, lr=0.025,
+                         lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0),
+        "searcher": dict(iterations=2, seed_archs=60, new_archs=20, top_archs=20, chunk_steps=80, cohort_size=40,
+                         score_batches=1, top_k=5, epd_epochs=50, expand=4,
+                         standalone=dict(C=8, N=1, epochs=6, batch_size=64)),
+    },
+    # the paper: 4 iterations of 50 epochs, 1000 seed archs then 300 new ones, EPD 1000 epochs,
+    # top 5 re-ranked by 10 epochs of standalone training (the official re-ranking recipe)
+    "paper": {
+        "supernet": dict(C=16, N=5, batch_size=64, valid_batch_size=500, epochs=200, lr_restarts=4, lr=0.025,
+                         lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0),
+        "searcher": dict(iterations=4, seed_archs=1000, new_archs=300, top_archs=100, chunk_steps=500,
+                         cohort_size=100, score_batches=1, top_k=5, epd_epochs=1000, expand=10,
+                         standalone=dict(C=16, N=5, epochs=10, batch_size=64, lr=0.025, lr_min=0.001,
+                                         nesterov=False, weight_decay=3e-4)),
+    },
+}
+
+INIT_RANGE = 0.04  # the official EPD's uniform init
+
+
+# --- the encoder-predictor-decoder ----------------------------------------------------------------
+class EncoderPredictorDecoder(nn.Module):
+    """NAO's EPD on token sequences: token = op index + 1, 0 = start symbol.
+
+    Encoder: embedding ``emb_size`` -> LSTM ``hidden_size``; outputs L2-normalised per position,
+    mean-pooled and normalised again (the arch embedding). Predictor: Linear(hidden -> 1) +
+    sigmoid on the embedding. Decoder: LSTM ``hidden_size`` started from (embedding, embedding),
+    Luong attention over the encoder outputs (``tanh(W [mix; out])``), log-softmax over tokens.
+    """
+
+    def __init__(self, num_ops: int, length: int, *, emb_size: int = 32, hidden_size: int = 64) -> None:
+        super().__init__()
+        self.num_ops, self.length, self.hidden_size = num_ops, length, hidden_size
+        vocab = num_ops + 1
+        self.embedding = nn.Embedding(vocab, emb_size)
+        self.encoder = nn.LSTM(emb_size, hidden_size, batch_first=True)
+        self.regressor = nn.Linear(hidden_size, 1)
+        self.dec_embedding = nn.Embedding(vocab, hidden_size)
+        self.decoder = nn.LSTM(hidden_size, hidden_size, batch_first=True)
+        self.attn_out = nn.Linear(2 * hidden_size, hidden_size)
+        self.out = nn.Linear(hidden_size, vocab)
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Per-position encoder outputs ``h`` (B, L, H), L2-normalised."""
+        out, _ = self.encoder(self.embedding(tokens))
+        return F.normalize(out, 2, dim=-1)
+
+    @staticmethod
+    def pool(h: torch.Tensor) -> torch.Tensor:
+        return F.normalize(h.mean(dim=1), 2, dim=-1)
+
+    def predict(self, h: torch.Tensor) -> torch.Tensor:
+        """Predicted (normalised) score in (0, 1) from encoder outputs, shape (B,)."""
+        return torch.sigmoid(self.regressor(self.pool(h))).squeeze(-1)
+
+    def _attend(self, out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        attn = torch.softmax(torch.bmm(out, h.transpose(1, 2)), dim=-1)
+        mix = torch.bmm(attn, h)
+        out = torch.tanh(self.attn_out(torch.cat((mix, out), dim=-1)))
+        return F.log_softmax(self.out(out), dim=-1)
+
+    def _init_state(self, h: torch.Tensor):
+        emb = self.pool(h).unsqueeze(0).contiguous()
+        return emb, emb
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced: (predicted score (B,), log-probabilities of ``tokens`` (B, L, vocab))."""
+        h = self.encode(tokens)
+        start = torch.zeros_like(tokens[:, :1])
+        out, _ = self.decoder(self.dec_embedding(torch.cat((start, tokens[:, :-1]), dim=1)), self._init_state(h))
+        return self.predict(h), self._attend(out, h)
+
+    def decode(self, h: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Greedy decoding from encoder outputs ``h``: op indices (B, L). ``allowed``: a (L, num_ops)
+        bool mask of the ops each edge may take."""
+        state = self._init_state(h)
+        token = torch.zeros(h.shape[0], 1, dtype=torch.long)
+        ops = []
+        for t in range(self.length):
+            out, state = self.decoder(self.dec_embedding(token), state)
+            logp = self._attend(out, h)[:, 0, 1:]  # drop the start symbol
+            if allowed is not None:
+                logp = logp.masked_fill(~allowed[t], -torch.inf)
+            op = logp.argmax(dim=-1)
+            ops.append(op)
+            token = (op + 1).unsqueeze(1)
+        return torch.stack(ops, dim=1)
+
+
+def build_epd(num_ops: int, length: int, generator: torch.Generator, **sizes) -> EncoderPredictorDecoder:
+    """A fresh EPD, every weight uniform in +-0.04 (official init) from ``generator``. The global
+    torch RNG ends as it was: torch's default init, overwritten at once, runs inside ``fork_rng``."""
+    with torch.random.fork_rng(devices=[]):
+        model = EncoderPredictorDecoder(num_ops, length, **sizes)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-INIT_RANGE, INIT_RANGE, generator=generator)
+    return model
+
+
+def arch_tokens(archs: Sequence) -> torch.Tensor:
+    """(B, L) long tensor: op index + 1 per edge."""
+    return torch.tensor([[o + 1 for o in a.ops] for a in archs], dtype=torch.long)
+
+
+def minmax_normalise(values: Sequence[float]) -> np.ndarray:
+    """``(v - min) / (max - min)``; all 0.5 when every value is equal."""
+    v = np.asarray(values, dtype=np.float64)
+    low, high = float(v.min()), float(v.max())
+    if high <= low:
+        return np.full_like(v, 0.5)
+    return (v - low) / (high - low)
+
+
+def pairwise_accuracy(targets: Sequence[float], predictions: Sequence[float]) -> float:
+    """Fraction of pairs with distinct targets that the predictions order the same way."""
+    t, p = np.asarray(targets, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
+    i, j = np.triu_indices(len(t), k=1)
+    keep = t[i] != t[j]
+    if not keep.any():
+        return float("nan")
+    return float(np.mean((t[i] > t[j])[keep] == (p[i] > p[j])[keep]))
+
+
+def fit_epd(model: EncoderPredictorDecoder, tokens: torch.Tensor, targets: torch.Tensor, *, epochs: int,
+            batch_size: int = 100, lr: float = 1e-3, grad_clip: float = 5.0, trade_off: float = 0.8,
+            generator: torch.Generator) -> dict:
+    """Train the EPD (fresh Adam) on (tokens, targets in [0, 1]); returns the last epoch's mean losses."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    n = tokens.shape[0]
+    log = {"loss": float("nan"), "mse": float("nan"), "nll": float("nan")}
+    for _ in range(int(epochs)):
+        order = torch.randperm(n, generator=generator)
+        sums = np.zeros(3)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            x, y = tokens[idx], targets[idx]
+            pred, logp = model(x)
+            mse = F.mse_loss(pred, y)
+            nll = F.nll_loss(logp.reshape(-1, logp.shape[-1]), x.reshape(-1))
+            loss = trade_off * mse + (1 - trade_off) * nll
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            sums += np.array([loss.item(), mse.item(), nll.item()]) * len(idx)
+        log = dict(zip(("loss", "mse", "nll"), (sums / n).tolist()))
+    return log
+
+
+def generate_archs(model: EncoderPredictorDecoder, space, sources: Sequence, *, count: int, exclude=(),
+                   max_step_size: int = 50) -> tuple[list, dict]:
+    """NAO's generation: move the sources' encoder outputs up the predictor's gradient,
+    ``h + lambda * df/dh`` (then re-normalised), lambda = 1, 2, ..., ``max_step_size``, decoding
+    each time, until ``count`` archs outside ``exclude`` (and distinct) are found.
+
+    Returns (new archs, info: lambda reached, mean predicted score of the sources and of the moved
+    embeddings at the last lambda)."""
+    model.eval()
+    tokens = arch_tokens(sources)
+    allowed = torch.zeros(space.num_edges, space.num_ops, dtype=torch.bool)
+    for e, ops in enumerate(space.allowed_ops):
+        allowed[e, list(ops)] = True
+    h = model.encode(tokens).detach().requires_grad_(True)
+    before = model.predict(h)
+    (grad,) = torch.autograd.grad(before.sum(), h)
+    seen = set(exclude)
+    new: list = []
+    start = float(before.detach().mean())
+    info = {"max_lambda": 0, "predicted_before": start, "predicted_after": start}
+    with torch.no_grad():
+        for lam in range(1, int(max_step_size) + 1):
+            moved = F.normalize(h + lam * grad, 2, dim=-1)
+            info.update(max_lambda=lam, predicted_after=float(model.predict(moved).mean()))
+            for ops in model.decode(moved, allowed).tolist():
+                arch = space.arch(ops)
+                if arch not in seen:
+                    seen.add(arch)
+                    new.append(arch)
+                    if len(new) >= count:
+                        return new, info
+    return new, info
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Run the EPD on one CPU thread, restoring the previous setting after: the model is far too
+    small to gain from threads (on a loaded 2-core machine 2 threads made a step 20x slower), and
+    one thread makes its float results independent of the machine's core count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+# --- the searcher -----------------------------------------------------------------------------------
+class NAOSearcher(WorkUnitSearcher):
+    """Balanced one-shot NAO on NB201: balanced supernet training on a pool, supernet scores,
+    EPD-generated pools, top-k standalone re-ranking. See the module docstring."""
+
+    method = "nao"
+    _state_keys = ("iteration_", "phase_", "pool_", "archs_", "trained_until_", "to_score_", "issued_upto_",
+                   "round_scores_", "scores_", "epd_state_", "history_", "picks_", "standalone_")
+
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        iterations: int = 4,
+        seed_archs: int = 1000,
+        new_archs: int = 300,
+        top_archs: int = 100,
+        max_step_size: int = 50,
+        chunk_steps: int = 500,
+        cohort_size: int = 100,
+        score_batches: int | None = 1,
+        rescore: bool = True,
+        size_floor: float | None = None,
+        top_k: int = 5,
+        standalone: dict | None = None,
+        epd_epochs: int = 1000,
+        epd_batch_size: int = 100,
+        epd_lr: float = 1e-3,
+        epd_grad_clip: float = 5.0,
+        trade_off: float = 0.8,
+        valid_fraction: float = 0.1,
+        expand: int = 10,
+        emb_size: int = 32,
+        hidden_size: int = 64,
+        space: str = "nb201",
+        seed: int = 0,
+        max_concurrent: int = 4,
+    ) -> None:
+        super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
+        for key, value in (("total_steps", total_steps), ("iterations", iterations), ("seed_archs", seed_archs),
+                           ("new_archs", new_archs), ("top_archs", top_archs), ("max_step_size", max_step_size),
+                           ("chunk_steps", chunk_steps), ("cohort_size", cohort_size), ("top_k", top_k),
+                           ("epd_batch_size", epd_batch_size), ("expand", expand), ("emb_size", emb_size),
+                           ("hidden_size", hidden_size)):
+            if int(value) < 1:
+                raise ValueError(f"{key}={value!r}; must be >= 1")
+        if int(epd_epochs) < 0:
+            raise ValueError(f"epd_epochs={epd_epochs!r}; must be >= 0")
+        if int(total_steps) < int(iterations):
+            raise ValueError(f"total_steps={total_steps!r} < iterations={iterations!r}; each iteration needs a step")
+        if top_k > seed_archs:
+            raise ValueError(f"top_k={top_k} > seed_archs={seed_archs}; must be <= seed_archs")
+        if not 0.0 <= trade_off <= 1.0:
+            raise ValueError(f"trade_off={trade_off!r}; must be in [0, 1]")
+        if not 0.0 <= valid_fraction < 1.0:
+            raise ValueError(f"valid_fraction={valid_fraction!r}; must be in [0, 1)")
+        room = len(self.space_) - int(seed_archs) - (int(iterations) - 1) * int(new_archs)
+        if room < 0:
+            raise ValueError(f"seed_archs={seed_archs} + (iterations - 1) * new_archs={new_archs} exceeds the "
+                             f"space's {len(self.space_)} archs; must fit in it")
+        self.total_steps = int(total_steps)
+        self.iterations = int(iterations)
+        self.seed_archs = int(seed_archs)
+        self.new_archs = int(new_archs)
+        self.top_archs = int(top_archs)
+        self.max_step_size = int(max_step_size)
+        self.chunk_steps = int(chunk_steps)
+        self.cohort_size = int(cohort_size)
+        self.score_batches = score_batches
+        self.rescore = bool(rescore)
+        self.size_floor = size_floor
+        self.top_k = int(top_k)
+        self.standalone = dict(standalone or {})
+        self.epd_epochs = int(epd_epochs)
+        self.epd_batch_size = int(epd_batch_size)
+        self.epd_lr = float(epd_lr)
+        self.epd_grad_clip = float(epd_grad_clip)
+        self.trade_off = float(trade_off)
+        self.valid_fraction = float(valid_fraction)
+        self.expand = int(expand)
+        self.emb_size = int(emb_size)
+        self.hidden_size = int(hidden_size)
+        self.iteration_ = 0
+        self.phase_ = "train"
+        self.pool_ = [str(a) for a in self.sample_distinct(self.seed_archs)]
+        #: every arch of every pool so far, in the order they joined (the cumulative pool)
+        self.archs_ = list(self.pool_)
+        self.trained_until_ = 0
+        self.to_score_: list[str] = []
+        self.issued_upto_ = 0
+        self.round_scores_: dict[str, float] = {}
+        #: arch -> its latest supernet score
+        self.scores_: dict[str, float] = {}
+        self.epd_state_: dict[str, torch.Tensor] | None = None
+        #: per fitted iteration: EPD losses, hold-out pairwise accuracy, generation counts
+        self.history_: list[dict] = []
+        self.picks_: list[str] = []
+        self.standalone_: dict[str, dict] = {}
+        self._iso_groups: dict | None = None  # canonical key -> archs (derived from the space; not state)
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def iteration_end(self, iteration: int) -> int:
+        """The supernet version at which ``iteration`` ends (the lr restarts' cycle boundaries)."""
+        return -(-(iteration + 1) * self.total_steps // self.iterations)
+
+    def policy_spec(self) -> dict:
+        spec = {"name": "balanced", "archs": list(self.pool_)}
+        if self.size_floor is not None:
+            spec["floor"] = self.size_floor
+        return spec
+
+    def _live(self, kind: str) -> bool:
+        return any(u["kind"] == kind for u in [*self.live_.values(), *self.retry_])
+
+    def _next_unit(self):
+        if self.phase_ == "train":
+            end = self.iteration_end(self.iteration_)
+            if self.trained_until_ < end:
+                if self._live("train"):
+                    return None  # chunks are sequential: each continues the previous one's weights
+                return {"kind": "train", "supernet": 0, "until": min(self.trained_until_ + self.chunk_steps, end),
+                        "policy": self.policy_spec()}
+            self.phase_ = "score"
+            self.to_score_ = list(self.archs_) if self.rescore else [a for a in self.archs_ if a not in self.scores_]
+            self.issued_upto_ = 0
+            self.round_scores_ = {}
+        if self.phase_ == "score":
+            if self.issued_upto_ < len(self.to_score_):
+                cohort = self.to_score_[self.issued_upto_:self.issued_upto_ + self.cohort_size]
+                self.issued_upto_ += len(cohort)
+                return {"kind": "score", "supernet": 0, "batches": self.score_batches, "archs": cohort}
+            if self._live("score"):
+                return None
+            self.scores_.update(self.round_scores_)
+            if self.iteration_ + 1 < self.iterations:
+                self._fit_and_generate()
+                self.iteration_ += 1
+                self.phase_ = "train"
+                return self._next_unit()
+            self.picks_ = sorted(self.archs_, key=lambda a: self.scores_[a], reverse=True)[: self.top_k]
+            self.phase_ = "standalone"
+        if self.phase_ == "standalone":
+            issued = set(self.standalone_) | {u["arch"] for u in [*self.live_.values(), *self.retry_]
+                                              if u["kind"] == "standalone"}
+            for arch in self.picks_:
+                if arch not in issued:
+                    return {"kind": "standalone", "arch": arch, "role": "final", **self.standalone}
+            if self._live("standalone"):
+                return None
+            return Searcher.FINISHED
+        return None
+
+    def _on_row(self, unit: dict, row: dict) -> None:
+        if unit["kind"] == "score" and "arch" in row and self.phase_ == "score":
+            self.round_scores_[row["arch"]] = row["valid_acc"]
+
+    def _on_complete(self, unit: dict, row: dict) -> None:
+        if unit["kind"] == "train":
+            self.trained_until_ = max(self.trained_until_, int(row.get("version", unit["until"])))
+        elif unit["kind"] == "score":
+            # a cohort that came back short: its missing archs go out again in another cohort
+            waiting = set(self.to_score_[self.issued_upto_:])
+            self.to_score_.extend(a for a in unit["archs"] if a not in self.round_scores_ and a not in waiting)
+        elif unit["kind"] == "standalone":
+            self.standalone_[unit["arch"]] = row
+
+    # --- the EPD ----------------------------------------------------------------------------------
+    def _isomorphic(self, arch) -> list:
+        """Other archs of the space with the same canonical key (the space is enumerated once)."""
+        if self._iso_groups is None:
+            groups: dict = {}
+            if len(self.space_) <= 100_000:
+                for a in self.space_.enumerate():
+                    groups.setdefault(self.space_.canonical_key(a), []).append(a)
+            self._iso_groups = groups
+        return [a for a in self._iso_groups.get(self.space_.canonical_key(arch), []) if a != arch]
+
+    def _training_pairs(self, archs: list, targets: np.ndarray, order: list[int], g: torch.Generator):
+        """The 90% training split plus up to ``expand - 1`` isomorphic copies of each of its archs."""
+        x, y = [], []
+        for i in order:
+            x.append(archs[i])
+            y.append(targets[i])
+            if self.expand > 1:
+                siblings = self._isomorphic(archs[i])
+                if siblings:
+                    picks = torch.randperm(len(siblings), generator=g)[: self.expand - 1].tolist()
+                    x.extend(siblings[k] for k in picks)
+                    y.extend([targets[i]] * len(picks))
+        return arch_tokens(x), torch.tensor(np.asarray(y), dtype=torch.float32)
+
+    def _fit_and_generate(self) -> None:
+        with one_torch_thread():
+            self._epd_iteration()
+
+    def _epd_iteration(self) -> None:
+        space = self.space_
+        archs = [space.parse(a) for a in self.archs_]
+        targets = minmax_normalise([self.scores_[a] for a in self.archs_])
+        g = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
+        model = build_epd(space.num_ops, space.num_edges, g, emb_size=self.emb_size, hidden_size=self.hidden_size)
+        if self.epd_state_ is not None:
+            model.load_state_dict(self.epd_state_)
+        perm = torch.randperm(len(archs), generator=g).tolist()
+        n_valid = int(len(archs) * self.valid_fraction)
+        train_idx, valid_idx = perm[: len(archs) - n_valid], perm[len(archs) - n_valid:]
+        tokens, y = self._training_pairs(archs, targets, train_idx, g)
+        log = fit_epd(model, tokens, y, epochs=self.epd_epochs, batch_size=self.epd_batch_size, lr=self.epd_lr,
+                      grad_clip=self.epd_grad_clip, trade_off=self.trade_off, generator=g)
+        model.eval()
+        if len(valid_idx) >= 2:
+            with torch.no_grad():
+                pred = model.predict(model.encode(arch_tokens([archs[i] for i in valid_idx]))).tolist()
+            log["valid_pairwise_acc"] = pairwise_accuracy([targets[i] for i in valid_idx], pred)
+        self.epd_state_ = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        ranked = sorted(self.archs_, key=lambda a: self.scores_[a], reverse=True)[: self.top_archs]
+        new, info = generate_archs(model, space, [space.parse(a) for a in ranked], count=self.new_archs,
+                                   exclude=archs, max_step_size=self.max_step_size)
+        generated = len(new)
+        seen = set(archs) | set(new)
+        while len(new) < self.new_archs:  # lambda ran out: fill with uniform unseen archs
+            arch = space.sample(self.rng_)
+            if arch not in seen:
+                seen.add(arch)
+                new.append(arch)
+        entry = {"iteration": self.iteration_, "pool": len(self.archs_), "train_pairs": int(tokens.shape[0]),
+                 **log, **info, "generated": generated, "filled": len(new) - generated}
+        self.history_.append(entry)
+        logger.info("nao iteration %d: %s", self.iteration_, entry)
+        self.pool_ = [str(a) for a in new]
+        self.archs_.extend(self.pool_)
+
+    @property
+    def best_arch(self) -> str | None:
+        """The winner: best standalone valid accuracy among the picks (``None`` until known)."""
+        if not self.standalone_:
+            return None
+        return max(self.standalone_, key=lambda a: self.standalone_[a].get("valid_acc", 0.0))
