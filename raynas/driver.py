@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import shutil
@@ -87,6 +88,10 @@ def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
     # standalone trials checkpoint every few epochs; Tune's warning about the resulting
     # experiment snapshots is noise at this scale
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if verbose < 2:
+        # raynas prints its own progress: Tune's experiment box and INFO lines are noise here
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = dict(namespace="raynas", log_to_driver=verbose >= 2, include_dashboard=False)
@@ -308,8 +313,10 @@ def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float):
 def work_unit_tuner(trainable, searcher, run_dir: Path, res: dict, *, callbacks: list):
     """A new Tune experiment in ``run_dir`` driven by a raynas searcher (at most ``res["max_concurrent"]`` live units)."""
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
     from ray.tune.search import ConcurrencyLimiter
 
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -323,7 +330,9 @@ def work_unit_tuner(trainable, searcher, run_dir: Path, res: dict, *, callbacks:
             name=run_dir.name,
             storage_path=str(run_dir.parent),
             verbose=0,
-            callbacks=callbacks,
+            # result.json is what raynas's tables read; Tune's CSV and TensorBoard loggers would
+            # cost a write per candidate row for nothing
+            callbacks=[*callbacks, JsonLoggerCallback()],
             failure_config=tune.FailureConfig(max_failures=res["max_failures"]),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         ),

@@ -34,6 +34,9 @@ from raynas.data import load_dataset
 from raynas.spaces import get_space
 from raynas.standalone import RECIPE, StandaloneTraining
 
+#: a score cohort is sent to its actor in this many slices (overlap of scoring and reporting)
+SCORE_SLICES = 8
+
 KINDS = ("train", "score", "standalone", "proxy")
 
 
@@ -53,10 +56,19 @@ def work_unit(config: dict, run: dict) -> None:
         tune.report({**base, "supernet": config.get("supernet", 0), **out})
     elif kind == "score":
         actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
-        rows = ray.get(actor.score.remote(config["archs"], batches=config.get("batches", 1),
-                                          path_mode=config.get("path_mode", "arch")))
-        for position, row in enumerate(rows):
-            tune.report({**base, "supernet": config.get("supernet", 0), "position": position, **row})
+        archs = config["archs"]
+        # The cohort goes to the actor in slices, all queued at once: the actor scores slice i+1
+        # while this trial reports the rows of slice i (one Tune round trip per row). One caller's
+        # calls run in order, so the valid-batch stream is consumed exactly as by one call.
+        size = max(1, -(-len(archs) // SCORE_SLICES))
+        refs = [actor.score.remote(archs[i:i + size], batches=config.get("batches", 1),
+                                   path_mode=config.get("path_mode", "arch"))
+                for i in range(0, len(archs), size)]
+        position = 0
+        for ref in refs:
+            for row in ray.get(ref):
+                tune.report({**base, "supernet": config.get("supernet", 0), "position": position, **row})
+                position += 1
     elif kind == "standalone":
         _standalone(config, run, base)
     elif kind == "proxy":

@@ -172,8 +172,8 @@ class TruthSearcher(WorkUnitSearcher):
 class _Progress(Callback):
     """One line per finished training, with an estimate of the time left."""
 
-    def __init__(self, total: int, verbose: int) -> None:
-        self.total, self.verbose, self.done = total, verbose, 0
+    def __init__(self, total: int, verbose: int, done: int = 0) -> None:
+        self.total, self.verbose, self.done, self.before = total, verbose, done, done
         self.start = time.perf_counter()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
@@ -182,7 +182,7 @@ class _Progress(Callback):
             return
         row = trial.last_result or {}
         elapsed = time.perf_counter() - self.start
-        left = elapsed / self.done * (self.total - self.done)
+        left = elapsed / (self.done - self.before) * (self.total - self.done)
         print(f"[raynas truth {elapsed:6.0f}s] {self.done}/{self.total} {row.get('arch')} seed "
               f"{trial.config.get('seed')}: valid acc {row.get('valid_acc', math.nan):.4f} "
               f"({row.get('seconds', math.nan):.0f} s); ~{left / 60:.0f} min left", file=sys.stderr, flush=True)
@@ -234,6 +234,7 @@ def build_truth(
     from raynas.driver import DEFAULTS, UsageError, _cluster_gpus, _init_ray, work_unit_trainable, work_unit_tuner
     from raynas.ranking import TRUTH_METADATA_KEY, truth_reliability
     from raynas.results import read_trial_rows, write_json
+    from raynas.resume import StateBackup, repair
     from raynas.standalone import RECIPE
 
     started = time.perf_counter()
@@ -302,14 +303,16 @@ def build_truth(
     run = {"run_id": run_dir.name, "space": config["space"], "dataset": config["dataset"],
            "data_dir": config["data_dir"], "data_options": config["data_options"]}
     trainable = work_unit_trainable(run, res, standalone_gpus=standalone_gpus)
-    progress = _Progress(len(searcher.units_), verbose)
+    done = _finished_units(read_trial_rows(run_dir)) if resume is not None else 0
+    callbacks = [_Progress(len(searcher.units_), verbose, done), StateBackup(run_dir)]
     if resume is not None:
+        repair(run_dir)  # Tune's state files cut short by a killed driver: raynas's last complete copy
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        tuner._local_tuner._run_config.callbacks = [progress]  # restored run configs drop callbacks
+        tuner._local_tuner._run_config.callbacks = callbacks  # restored run configs drop callbacks
     else:
         run_dir.mkdir(parents=True)
         write_json(run_dir / "truth.json", config)
-        tuner = work_unit_tuner(trainable, searcher, run_dir, res, callbacks=[progress])
+        tuner = work_unit_tuner(trainable, searcher, run_dir, res, callbacks=callbacks)
     tuner.fit()
     wall_path = run_dir / "truth-wall.json"
     wall_s = (json.loads(wall_path.read_text())["wall_s"] if wall_path.exists() else 0.0) + time.perf_counter() - started
@@ -351,6 +354,13 @@ def build_truth(
             flush=True,
         )
     return output
+
+
+def _finished_units(rows: pd.DataFrame) -> int:
+    if rows.empty or "kind" not in rows:
+        return 0
+    rows = rows[rows["kind"] == "standalone"]
+    return int(rows.loc[rows["epoch"] == rows["epochs"], "unit"].nunique())
 
 
 def _table(rows: pd.DataFrame, units: list[tuple[str, int]], sample: pd.DataFrame, *, space: str, net: dict,
