@@ -164,7 +164,6 @@ def search(
 
 
 def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_cpus: int | None, verbose: int) -> Path:
-    import ray
     from ray import tune
 
     from raynas.progress import Progress

@@ -115,6 +115,24 @@ class WorkUnitSearcher(Searcher):
         """A unit failed for good. Default: stop the search (its state would be incomplete)."""
         raise RuntimeError(f"work unit {unit['unit']} ({unit['kind']}) failed {self.max_unit_retries + 1} times")
 
+    def _live(self, kind: str, supernet: int | None = None) -> bool:
+        """Whether a unit of ``kind`` (on ``supernet``) is running or waiting to be re-issued."""
+        return any(u["kind"] == kind and (supernet is None or u.get("supernet") == supernet)
+                   for u in [*self.live_.values(), *self.retry_])
+
+    def _final_units(self, picks: list[str]):
+        """The last phase of every method: each pick trained standalone once (role "final"; the
+        best valid accuracy wins), then ``FINISHED``. Needs ``self.standalone`` (the recipe) and
+        ``self.standalone_`` (arch -> last row of its training)."""
+        issued = set(self.standalone_) | {u["arch"] for u in [*self.live_.values(), *self.retry_]
+                                          if u["kind"] == "standalone"}
+        for arch in picks:
+            if arch not in issued:
+                return {"kind": "standalone", "arch": arch, "role": "final", **self.standalone}
+        if self._live("standalone"):
+            return None
+        return Searcher.FINISHED
+
     @property
     def idle(self) -> bool:
         """No unit is live or waiting to be re-issued."""
@@ -259,10 +277,6 @@ class OneShotSearcher(WorkUnitSearcher):
         self.picks_: list[str] = []
         self.standalone_: dict[str, dict] = {}
 
-    def _live(self, kind: str, supernet: int | None = None) -> bool:
-        return any(u["kind"] == kind and (supernet is None or u.get("supernet") == supernet)
-                   for u in [*self.live_.values(), *self.retry_])
-
     def _train_unit(self, supernet: int, total: int) -> dict | None:
         """The next chunk of ``supernet`` (chunks of one supernet are sequential: each continues
         the previous one's weights), ``None`` while its chunk runs or once it is done."""
@@ -299,14 +313,7 @@ class OneShotSearcher(WorkUnitSearcher):
             self.picks_ = ranked[: self.top_k]
             self.phase_ = "standalone"
         if self.phase_ == "standalone":
-            issued = set(self.standalone_) | {u["arch"] for u in [*self.live_.values(), *self.retry_]
-                                              if u["kind"] == "standalone"}
-            for arch in self.picks_:
-                if arch not in issued:
-                    return {"kind": "standalone", "arch": arch, "role": "final", **self.standalone}
-            if self._live("standalone"):
-                return None
-            return Searcher.FINISHED
+            return self._final_units(self.picks_)
         return None
 
     def supernet_of(self, arch) -> int:

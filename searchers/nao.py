@@ -69,7 +69,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from ray.tune.search import Searcher
 from torch import nn
 
 from raynas.searchers.base import WorkUnitSearcher
@@ -389,9 +388,6 @@ class NAOSearcher(WorkUnitSearcher):
             spec["floor"] = self.size_floor
         return spec
 
-    def _live(self, kind: str) -> bool:
-        return any(u["kind"] == kind for u in [*self.live_.values(), *self.retry_])
-
     def _next_unit(self):
         if self.phase_ == "train":
             end = self.iteration_end(self.iteration_)
@@ -420,14 +416,7 @@ class NAOSearcher(WorkUnitSearcher):
             self.picks_ = sorted(self.archs_, key=lambda a: self.scores_[a], reverse=True)[: self.top_k]
             self.phase_ = "standalone"
         if self.phase_ == "standalone":
-            issued = set(self.standalone_) | {u["arch"] for u in [*self.live_.values(), *self.retry_]
-                                              if u["kind"] == "standalone"}
-            for arch in self.picks_:
-                if arch not in issued:
-                    return {"kind": "standalone", "arch": arch, "role": "final", **self.standalone}
-            if self._live("standalone"):
-                return None
-            return Searcher.FINISHED
+            return self._final_units(self.picks_)
         return None
 
     def _on_row(self, unit: dict, row: dict) -> None:

@@ -48,7 +48,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-from ray.tune.search import Searcher
 from scipy.stats import rankdata
 
 from raynas.searchers.base import WorkUnitSearcher
@@ -175,9 +174,6 @@ class TENASSearcher(WorkUnitSearcher):
         self.standalone_: dict[str, dict] = {}
 
     # --- the round state machine -------------------------------------------------------------
-    def _live(self, kind: str) -> bool:
-        return any(u["kind"] == kind for u in self.live_.values()) or any(u["kind"] == kind for u in self.retry_)
-
     def _next_unit(self):
         while self.final_arch_ is None:
             if not self.round_masks_:
@@ -190,11 +186,7 @@ class TENASSearcher(WorkUnitSearcher):
             if self._live("proxy") or any(label not in self.proxies_ for label, _ in self.round_masks_):
                 return None  # the round's barrier
             self._finish_round()
-        if self.final_arch_ not in self.standalone_:
-            if self._live("standalone"):
-                return None
-            return {"kind": "standalone", "arch": self.final_arch_, "role": "final", **self.standalone}
-        return Searcher.FINISHED
+        return self._final_units([self.final_arch_])
 
     def _start_round(self) -> None:
         self.round_seed_ = int(self.rng_.integers(2**31 - 1))

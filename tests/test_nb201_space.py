@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from raynas.spaces import NB201Arch, NB201Space, get_space
+from raynas.spaces import NB201Arch, get_space
 from raynas.spaces.nb201 import NUM_ARCHS, OP_NAMES
 
 EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
