@@ -36,6 +36,8 @@ from raynas.standalone import RECIPE, StandaloneTraining
 
 #: a score cohort is sent to its actor in this many slices (overlap of scoring and reporting)
 SCORE_SLICES = 8
+#: valid batches reserved per unit id in the fixed batch sequence of scoring
+SCORE_BATCH_STRIDE = 100_003
 
 KINDS = ("train", "score", "standalone", "proxy")
 
@@ -61,8 +63,12 @@ def work_unit(config: dict, run: dict) -> None:
         # while this trial reports the rows of slice i (one Tune round trip per row). One caller's
         # calls run in order, so the valid-batch stream is consumed exactly as by one call.
         size = max(1, -(-len(archs) // SCORE_SLICES))
-        refs = [actor.score.remote(archs[i:i + size], batches=config.get("batches", 1),
-                                   path_mode=config.get("path_mode", "arch"))
+        # each candidate's valid batches are fixed by (unit, position): same seed, same scores,
+        # whatever order concurrent cohorts reach the actor in (and a re-run unit repeats itself)
+        batches = config.get("batches", 1)
+        offset = config.get("unit", 0) * SCORE_BATCH_STRIDE
+        refs = [actor.score.remote(archs[i:i + size], batches=batches, path_mode=config.get("path_mode", "arch"),
+                                   start=None if batches is None else offset + i * batches)
                 for i in range(0, len(archs), size)]
         position = 0
         for ref in refs:

@@ -139,6 +139,7 @@ class SupernetWorker:
         self.valid_batches = Batches(self.splits.valid, valid_batch_size, shuffle=True, seed=seed + 1, device=self.device)
         # whole-split scoring (EvNAS fitness) reads the split in order, apart from the stream
         self.valid_full = Batches(self.splits.valid, valid_batch_size, shuffle=False, device=self.device)
+        self._valid_order: tuple[int, torch.Tensor] | None = None  # (pass, permutation) of valid_batch()
         self._train_iter = self.train_batches.forever()
         self._valid_iter = self.valid_batches.forever()
         self.steps_per_epoch = len(self.train_batches)
@@ -216,11 +217,15 @@ class SupernetWorker:
 
     # --- scoring --------------------------------------------------------------------------
     @torch.no_grad()
-    def score(self, archs: Sequence, batches: int | None = 1, path_mode: str = "arch") -> list[dict]:
+    def score(self, archs: Sequence, batches: int | None = 1, path_mode: str = "arch",
+              start: int | None = None) -> list[dict]:
         """Valid accuracy and loss of each arch on the supernet, in eval mode.
 
-        ``batches``: valid batches per arch, drawn from an advancing stream so consecutive
-        candidates see different batches (SETN); ``None`` scores each arch on the whole split.
+        ``batches``: valid batches per arch, so consecutive candidates see different batches
+        (SETN); ``None`` scores each arch on the whole split. With ``start``, candidate ``j`` reads
+        valid batches ``start + j * batches ...`` of a fixed seeded sequence (so a candidate's
+        batch does not depend on which cohort reached the actor first: same seed, same scores);
+        without it, the next batches of the actor's advancing valid stream.
         ``path_mode``: ``"arch"`` runs each arch's single path; ``"decoded"`` runs the mixture of
         all ops weighted by :func:`raynas.policies.decoded_weights` (EvNAS fitness). Rows keep
         ``arch`` = the arch's string either way.
@@ -233,14 +238,17 @@ class SupernetWorker:
             raise ValueError(f"score: {len(outside)} archs outside this supernet's sub-space, e.g. {outside[0]}")
         self.supernet.eval()
         rows = []
-        for arch in parsed:
-            start = time.perf_counter()
+        for j, arch in enumerate(parsed):
+            began = time.perf_counter()
             if path_mode == "decoded":
                 path = decoded_weights(arch, self.space.num_ops, self.device, allowed_ops=self.space.allowed_ops)
             else:
                 path = arch
             if batches is None:
                 stream = iter(self.valid_full)
+            elif start is not None:
+                first = int(start) + j * int(batches)
+                stream = (self.valid_batch(first + b) for b in range(int(batches)))
             else:
                 stream = (next(self._valid_iter) for _ in range(int(batches)))
             loss_sum = torch.zeros((), device=self.device)
@@ -252,7 +260,7 @@ class SupernetWorker:
                 correct += (logits.argmax(1) == y).sum()
                 n += y.numel()
                 used += 1
-            seconds = time.perf_counter() - start
+            seconds = time.perf_counter() - began
             rows.append(
                 {
                     "arch": str(arch),
@@ -266,6 +274,18 @@ class SupernetWorker:
             )
         self.seconds["score"] += sum(r["seconds"] for r in rows)
         return rows
+
+    def valid_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of a fixed sequence over the valid split: each run of
+        ``len(valid) // valid_batch_size`` batches is one pass in a seeded random order."""
+        split, size = self.splits.valid, min(self.config["valid_batch_size"], len(self.splits.valid))
+        per_pass = len(split) // size
+        epoch, within = divmod(int(index), per_pass)
+        if self._valid_order is None or self._valid_order[0] != epoch:
+            generator = torch.Generator().manual_seed(self.config["seed"] * 1_000_003 + epoch)
+            self._valid_order = (epoch, torch.randperm(len(split), generator=generator).to(self.device))
+        picks = self._valid_order[1][within * size:(within + 1) * size]
+        return split.images[picks], split.labels[picks]
 
     # --- state ----------------------------------------------------------------------------
     def info(self) -> dict:

@@ -192,3 +192,14 @@ def test_truncated_tune_state_is_repaired_from_raynas_backup(rsps_run, tmp_path)
     restored = repair(copy)
     assert {p.name for p in victims} <= set(restored)
     assert all(_loads(p) for p in state_files(copy))
+
+
+def test_same_seed_same_search_on_cpu(ray_session, rsps_run):
+    again = search("rsps", dataset="digits", overrides=TINY, storage=rsps_run.parent, name="rsps-again", seed=0, verbose=0)
+    first = pd.read_parquet(rsps_run / "candidates.parquet").sort_values("arch")
+    second = pd.read_parquet(again / "candidates.parquet").sort_values("arch")
+    assert list(first["arch"]) == list(second["arch"])
+    assert list(first["valid_acc"]) == list(second["valid_acc"])
+    one, two = (pd.read_parquet(r / "summary.parquet").iloc[0] for r in (rsps_run, again))
+    assert one["final_arch"] == two["final_arch"]
+    assert one["standalone_test_acc"] == two["standalone_test_acc"]

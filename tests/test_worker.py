@@ -113,3 +113,16 @@ def test_sub_supernet_starts_from_its_parents_weights_at_its_first_step(tmp_path
     resumed = make(tmp_path / "1", allowed_ops=[[3], *[range(5)] * 5], init_from="/nonexistent")
     assert resumed.version == 4 and resumed.initialized_from  # a restart reads its own snapshot
     assert before["arch"] == arch
+
+
+def test_scoring_with_a_start_is_fixed_by_position_not_by_call_order():
+    worker = make(seed=4)
+    archs = [ARCH, 0, ARCH]
+    first = worker.score(archs, batches=1, start=10)
+    worker.score([ARCH], batches=2)  # the advancing stream moves; positions do not
+    worker.score([ARCH], batches=1, start=99)
+    again = worker.score(archs, batches=1, start=10)
+    assert [r["valid_loss"] for r in first] == [r["valid_loss"] for r in again]
+    assert first[0]["valid_loss"] != first[2]["valid_loss"]  # same arch, next position: another batch
+    tail = worker.score(archs[2:], batches=1, start=12)  # a slice of the cohort: the same batch
+    assert tail[0]["valid_loss"] == first[2]["valid_loss"]
