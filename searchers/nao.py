@@ -56,8 +56,8 @@ Deviations:
 - The 10% hold-out only measures the predictor (pairwise accuracy, in ``history_``), as in the
   official code; it is not used for early stopping.
 - Work is cut into units: training chunks of ``chunk_steps`` and scoring cohorts of
-  ``cohort_size``; each scored arch sees the next batch of the actor's shuffled valid stream (the
-  official code draws a fresh random batch per arch).
+  ``cohort_size``; each scored arch sees its own valid batch, fixed by its position in the cohort
+  (the official code draws a fresh random batch per arch).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The loop (METHODS.md, SETN section: "RSPS = same loop with 100 uniformly random candidates"):
 train the supernet with uniform single paths; score ``num_candidates`` uniformly random distinct
-archs, each on ``score_batches`` valid batches of an advancing stream (each candidate sees
-different batches); train the ``top_k`` best from scratch; the best standalone valid accuracy wins.
+archs, each on ``score_batches`` valid batches (each candidate its own batches, fixed by its
+position in the cohort); train the ``top_k`` best from scratch; the best standalone valid accuracy wins.
 
 Deviations:
 - Candidates are distinct (the benchmark's loop may draw one twice).

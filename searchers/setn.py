@@ -13,7 +13,7 @@ The loop:
 2. Template: every arch of the (sub-)space gets the score ``sum_e log_softmax(alpha)[e, op_e]``;
    the top ``num_candidates`` (100) are the candidates.
 3. Self-evaluation: each candidate is scored on ``score_batches`` (1) valid batches (512) in eval
-   mode, from a stream that advances so each candidate sees a different batch; the best
+   mode, a different batch per candidate (fixed by its position in the cohort); the best
    ``top_k`` (1) are trained from scratch.
 
 Deviations:
