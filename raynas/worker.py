@@ -168,9 +168,13 @@ class SupernetWorker:
         if (until is None) == (steps is None):
             raise ValueError("train: give exactly one of until= (a target version) or steps=")
         target = int(until) if until is not None else self.version + int(steps)
+        parent_policy = None
         if self.config["init_from"] and self.version == 0 and self.initialized_from is None:
-            self.init_from_parent(self.config["init_from"])
+            parent_policy = self.init_from_parent(self.config["init_from"])
         policy_obj = self._use_policy(policy)
+        if parent_policy is not None and parent_policy["spec"] == policy_obj.spec:
+            # the same method's policy continues from the parent's state (SETN: its alpha)
+            policy_obj.load_state_dict(parent_policy["state"])
         cfg = self.config
         net, opt = self.supernet, self.optimizer
         net.train()
@@ -354,10 +358,12 @@ class SupernetWorker:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
         self.restored_from = str(path)
 
-    def init_from_parent(self, path: str | os.PathLike) -> None:
-        """Few-shot NAS: start from a parent supernet's weights with a fresh optimizer and version."""
+    def init_from_parent(self, path: str | os.PathLike) -> dict:
+        """Few-shot NAS: start from a parent supernet's weights with a fresh optimizer and version.
+        Returns the parent's policy (spec and state) for the caller to continue it."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"init_from={str(path)!r}: the parent supernet's snapshot does not exist (yet)")
         state = torch.load(path, map_location=self.device, weights_only=False)
         self.supernet.load_state_dict(state["supernet"])
         self.initialized_from = str(path)
+        return state["policy"]

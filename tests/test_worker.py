@@ -126,3 +126,16 @@ def test_scoring_with_a_start_is_fixed_by_position_not_by_call_order():
     assert first[0]["valid_loss"] != first[2]["valid_loss"]  # same arch, next position: another batch
     tail = worker.score(archs[2:], batches=1, start=12)  # a slice of the cohort: the same batch
     assert tail[0]["valid_loss"] == first[2]["valid_loss"]
+
+
+def test_sub_supernet_continues_its_parents_setn_alpha(tmp_path):
+    spec = {"name": "setn", "seed": 0}
+    parent = make(tmp_path / "0")
+    parent.train(spec, until=6)
+    alpha = parent.policy.export()["alpha"]
+    child = make(tmp_path / "1", allowed_ops=[[3], *[range(5)] * 5], init_from=str(tmp_path / "0" / "snapshot.pt"))
+    child.train(spec, steps=0)
+    assert child.policy.export()["alpha"] == alpha
+    uniform_child = make(tmp_path / "2", allowed_ops=[[2], *[range(5)] * 5], init_from=str(tmp_path / "0" / "snapshot.pt"))
+    uniform_child.train("uniform", steps=1)  # another policy: nothing to continue, weights still inherited
+    assert uniform_child.initialized_from
