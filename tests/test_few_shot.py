@@ -82,3 +82,22 @@ def test_sub_supernets_spread_over_a_two_node_cluster(tmp_path):
     assert len(sub_nodes) == 5 and set(sub_nodes) == set(out["nodes"])  # SPREAD: both nodes hold sub-supernets
     candidates = pd.read_parquet(f"{out['run']}/candidates.parquet")
     assert len(candidates) == 10 and candidates["supernet"].between(1, 5).all()
+
+
+def test_few_shot_setn_takes_each_regions_template_from_its_own_alpha(ray_session, tmp_path):
+    import numpy as np
+
+    from raynas.searchers.setn import template_top_k
+
+    few = json.loads(json.dumps(FEW))
+    few["searcher"]["num_candidates"] = 2
+    few["searcher"].pop("cohort_size")
+    run = search("setn", overrides=few, storage=tmp_path, name="few-setn", verbose=0)
+    candidates = pd.read_parquet(run / "candidates.parquet")
+    space = get_space("nb201")
+    rows = [json.loads(line) for p in sorted(run.glob("unit*-train-*/result.json")) for line in open(p)]
+    for k, region in enumerate(space.split([0]), start=1):
+        alpha = [r["alpha"] for r in rows if r["supernet"] == k][-1]
+        expected = {str(space.arch(ops)) for ops in template_top_k(np.asarray(alpha), 2, region.allowed_ops)}
+        assert set(candidates.loc[candidates["supernet"] == k, "arch"]) == expected
+    assert len(candidates) == 10
