@@ -196,6 +196,11 @@ def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_
     progress = Progress(verbose=verbose, total_steps=info.get("total_steps"))
     callbacks = [progress, StateBackup(run_dir)]
     if resume:
+        from ray.tune.logger import JsonLoggerCallback
+
+        # as work_unit_tuner sets up a new run: result.json only
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        callbacks.append(JsonLoggerCallback())
         restored = repair(run_dir)
         if restored and verbose:
             print(f"raynas: Tune's state in {run_dir} was cut short when the driver died; "

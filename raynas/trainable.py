@@ -96,7 +96,12 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            training.load_state_dict(torch.load(Path(directory) / "state.pt", map_location=device, weights_only=False))
+            saved = torch.load(Path(directory) / "state.pt", map_location=device, weights_only=False)
+        training.load_state_dict(saved["training"])
+        # The rows reported before a driver died may not have reached result.json (Tune copies it
+        # from a staging folder later than checkpoints): report the checkpoint's row again, so
+        # the last epoch's row exists even when the training was already done.
+        tune.report(saved["row"])
     # a checkpoint every few epochs (~10 per training): each one is a copy to storage
     every = int(config.get("checkpoint_every") or max(1, training.recipe["epochs"] // 10))
     while not training.done:
@@ -106,7 +111,7 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
             tune.report(row)
             continue
         with tempfile.TemporaryDirectory() as directory:
-            torch.save(training.state_dict(), Path(directory) / "state.pt")
+            torch.save({"training": training.state_dict(), "row": row}, Path(directory) / "state.pt")
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
 
 

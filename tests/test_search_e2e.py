@@ -97,7 +97,17 @@ def _run_cli(args, **kw):
     return subprocess.run(RAYNAS + args, capture_output=True, text=True, timeout=600, **kw)
 
 
-def test_resume_after_the_driver_is_sigkilled(tmp_path):
+def _scoring_began(run_dir):
+    return any("score" in p.name for p in run_dir.glob("unit*")) and list(run_dir.glob("searcher-state-*.pkl"))
+
+
+def _a_standalone_training_finished(run_dir):
+    # its last checkpoint (8 epochs: checkpoint_000007) is on disk; its rows may not be yet
+    return any(run_dir.glob("unit*-standalone-*/checkpoint_000007"))
+
+
+@pytest.mark.parametrize("kill_when", [_scoring_began, _a_standalone_training_finished], ids=["mid-scoring", "after-a-final"])
+def test_resume_after_the_driver_is_sigkilled(tmp_path, kill_when):
     overrides = ["--set", "supernet.epochs=6", "--set", "searcher.chunk_steps=16",
                  "--set", "searcher.num_candidates=12", "--set", "searcher.cohort_size=3",
                  "--set", "searcher.standalone={'C': 4, 'N': 1, 'epochs': 8, 'batch_size': 128}"]
@@ -107,12 +117,9 @@ def test_resume_after_the_driver_is_sigkilled(tmp_path):
         RAYNAS + ["search", "--method", "rsps", "--storage", str(tmp_path), "--name", "run", "--num-cpus", "2", *overrides],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )
-    # kill once scoring has begun (some cohorts done, others not): mid-search
     deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None:
-        if any("score" in p.name for p in run_dir.glob("unit*")) and list(run_dir.glob("searcher-state-*.pkl")):
-            break
-        time.sleep(0.1)
+    while time.time() < deadline and driver.poll() is None and not kill_when(run_dir):
+        time.sleep(0.05)
     assert driver.poll() is None, "the search ended before it could be killed:\n" + driver.stdout.read()
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
