@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raynas.checks import require_at_least_one
 from raynas.spaces.nb201_nets import EDGES, NUM_EDGES, NUM_OPS, NB201Supernet, SearchCell
 
 __all__ = [
@@ -255,10 +256,8 @@ def score_masks(
     the thin network and ``region_batches`` batches of ``region_samples`` random crops, all from
     generators seeded by ``(seed, r)``; every mask of the call is scored on them. ``images`` may
     live on ``device`` already."""
-    for key, value in (("repeats", repeats), ("ntk_batch", ntk_batch), ("region_samples", region_samples),
-                       ("region_batches", region_batches)):
-        if int(value) < 1:
-            raise ValueError(f"{key}={value!r}; must be >= 1")
+    require_at_least_one(repeats=repeats, ntk_batch=ntk_batch, region_samples=region_samples,
+                         region_batches=region_batches)
     if ntk_batch > images.shape[0]:
         raise ValueError(f"ntk_batch={ntk_batch} > {images.shape[0]} train images; must be <= the train split's size")
     weights = [mixture_weights(m) for m in masks]

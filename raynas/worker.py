@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raynas.checks import require_at_least_one
 from raynas.data import Batches, load_dataset
 from raynas.policies import Policy, decoded_weights, make_policy, normalise_spec
 from raynas.spaces import get_space
@@ -107,10 +108,8 @@ class SupernetWorker:
             raise ValueError(f"bn_mode={bn_mode!r}; expected one of {BN_MODES}")
         if (total_steps is None) == (epochs is None):
             raise ValueError(f"total_steps={total_steps!r}, epochs={epochs!r}; give exactly one (the schedule's length)")
-        for key, value in (("batch_size", batch_size), ("valid_batch_size", valid_batch_size),
-                           ("total_steps", total_steps or 1), ("epochs", epochs or 1), ("lr_restarts", lr_restarts)):
-            if value < 1:
-                raise ValueError(f"{key}={value!r}; must be >= 1")
+        require_at_least_one(batch_size=batch_size, valid_batch_size=valid_batch_size, total_steps=total_steps or 1,
+                             epochs=epochs or 1, lr_restarts=lr_restarts)
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         if num_threads:
             torch.set_num_threads(int(num_threads))

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from ray.tune.search import Searcher
 
+from raynas.checks import require_at_least_one
 from raynas.spaces import get_space
 
 logger = logging.getLogger(__name__)
@@ -244,10 +245,8 @@ class OneShotSearcher(WorkUnitSearcher):
         max_concurrent: int = 4,
     ) -> None:
         super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
-        for key, value in (("total_steps", total_steps), ("chunk_steps", chunk_steps),
-                           ("num_candidates", num_candidates), ("cohort_size", cohort_size), ("top_k", top_k)):
-            if int(value) < 1:
-                raise ValueError(f"{key}={value!r}; must be >= 1")
+        require_at_least_one(total_steps=total_steps, chunk_steps=chunk_steps, num_candidates=num_candidates,
+                             cohort_size=cohort_size, top_k=top_k)
         if top_k > num_candidates:
             raise ValueError(f"top_k={top_k} > num_candidates={num_candidates}; must be <= num_candidates")
         self.total_steps = int(total_steps)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
+from raynas.checks import require_at_least_one
 from raynas.policies import Policy, decoded_weights, register_policy
 from raynas.searchers.base import WorkUnitSearcher
 
@@ -156,10 +157,8 @@ class EvNASSearcher(WorkUnitSearcher):
         max_concurrent: int = 4,
     ) -> None:
         super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
-        for key, value in (("total_steps", total_steps), ("population_size", population_size),
-                           ("generations", generations), ("tournament_size", tournament_size)):
-            if int(value) < 1:
-                raise ValueError(f"{key}={value!r}; must be >= 1")
+        require_at_least_one(total_steps=total_steps, population_size=population_size, generations=generations,
+                             tournament_size=tournament_size)
         if tournament_size > population_size:
             raise ValueError(f"tournament_size={tournament_size} > population_size={population_size}; "
                              "must be <= population_size (tournaments draw without replacement)")

@@ -71,6 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raynas.checks import require_at_least_one
 from raynas.searchers.base import WorkUnitSearcher
 
 logger = logging.getLogger(__name__)
@@ -316,13 +317,10 @@ class NAOSearcher(WorkUnitSearcher):
         max_concurrent: int = 4,
     ) -> None:
         super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
-        for key, value in (("total_steps", total_steps), ("iterations", iterations), ("seed_archs", seed_archs),
-                           ("new_archs", new_archs), ("top_archs", top_archs), ("max_step_size", max_step_size),
-                           ("chunk_steps", chunk_steps), ("cohort_size", cohort_size), ("top_k", top_k),
-                           ("epd_batch_size", epd_batch_size), ("expand", expand), ("emb_size", emb_size),
-                           ("hidden_size", hidden_size)):
-            if int(value) < 1:
-                raise ValueError(f"{key}={value!r}; must be >= 1")
+        require_at_least_one(total_steps=total_steps, iterations=iterations, seed_archs=seed_archs, new_archs=new_archs,
+                             top_archs=top_archs, max_step_size=max_step_size, chunk_steps=chunk_steps,
+                             cohort_size=cohort_size, top_k=top_k, epd_batch_size=epd_batch_size, expand=expand,
+                             emb_size=emb_size, hidden_size=hidden_size)
         if int(epd_epochs) < 0:
             raise ValueError(f"epd_epochs={epd_epochs!r}; must be >= 0")
         if int(total_steps) < int(iterations):
