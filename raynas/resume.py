@@ -1,13 +1,18 @@
 """Keep a run resumable even when the driver dies while Tune writes its state.
 
-Tune writes its experiment state in a staging folder and then copies the files into the run
-directory; a driver killed (SIGKILL, the OOM killer) in the middle of that copy leaves a
-truncated file there, and ``Tuner.restore`` then silently restarts the experiment from scratch
-(seen on Ray 2.60: ``EOFError`` loading ``search_gen_state-*.json``). raynas therefore keeps its
-own copy of the last *complete* set of state files, switched atomically, and puts it back before
-a resume when any file in the run directory does not load. The copy is taken from Tune's staging
-folder between two controller steps: the controller writes that folder synchronously (a
-background thread uploads it), so the set copied is always one consistent moment.
+Tune writes its experiment state (``experiment_state-*``, ``search_gen_state-*``,
+``searcher-state-*``) in a staging folder, then a background thread copies the files one by one
+into the run directory. A driver killed (SIGKILL, the OOM killer) in the middle of that copy
+leaves the run directory with a truncated file (``Tuner.restore`` then silently restarts the
+experiment from scratch: ``EOFError`` on Ray 2.60) or, worse, with files from two different
+moments that all load: the searcher then waits for a trial that Tune's trial list never had,
+and the resumed run hangs. raynas therefore keeps its own copy of the last *complete* set of
+state files, taken from the staging folder between two controller steps (the controller writes
+that folder synchronously, so the set copied is always one moment) and switched atomically.
+Before a resume, the run directory's set is replaced by that copy whenever the two differ.
+
+``tuner.pkl`` is not part of the set: Tune writes it once, straight into the run directory,
+before the experiment starts; a repair never touches it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 from ray import cloudpickle
 from ray.tune import Callback
 
-STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl", "tuner.pkl")
+STATE_PATTERNS = ("experiment_state-*.json", "search_gen_state-*.json", "searcher-state-*.pkl")
 BACKUP = ".raynas-state"
 
 
@@ -64,47 +69,52 @@ def backup(run_dir: str | os.PathLike, source: str | os.PathLike | None = None) 
     return True
 
 
+def _same(one: Path, other: Path) -> bool:
+    return one.stat().st_size == other.stat().st_size and one.read_bytes() == other.read_bytes()
+
+
 def repair(run_dir: str | os.PathLike) -> list[str]:
-    """Before a resume: if any state file of the run does not load, put the last complete
-    backup set in place. Returns the names of the files restored (empty: nothing to do)."""
+    """Before a resume: unless the run's state files are exactly raynas's last complete copy,
+    put that copy in their place (a file cut short, or files of two moments, both happen when
+    the driver dies during Tune's copy). Returns the names of the files restored (empty:
+    nothing to do, or no copy to restore from)."""
     run_dir = Path(run_dir)
-    files = state_files(run_dir)
-    if files and all(_loads(p) for p in files):
-        return []
     pointer = run_dir / BACKUP / "current"
     if not pointer.exists():
         return []
     source = run_dir / BACKUP / pointer.read_text().strip()
+    saved = sorted(source.iterdir()) if source.is_dir() else []
+    if not saved:
+        return []
+    files = state_files(run_dir)
+    if [p.name for p in files] == [p.name for p in saved] and all(_same(p, source / p.name) for p in files):
+        return []
     for path in files:
         path.unlink()
-    restored = []
-    for path in sorted(source.iterdir()):
+    for path in saved:
         shutil.copy2(path, run_dir / path.name)
-        restored.append(path.name)
-    return restored
+    return [path.name for path in saved]
 
 
 class StateBackup(Callback):
-    """Backs up the run's Tune state (from Tune's staging folder) at most every ``every_s``
-    seconds, between controller steps."""
+    """Backs up the run's Tune state from Tune's staging folder whenever it changed, between
+    controller steps and once more at the end (after Tune's final write)."""
 
-    def __init__(self, run_dir: str | os.PathLike, every_s: float = 2.0) -> None:
+    def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = str(run_dir)
-        self.every_s = every_s
-        self._last = 0.0
         self._seen: tuple = ()
 
     def on_step_end(self, iteration, trials, **info) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            return
-        self._last = now
         staging = _staging_dir(trials)
         if staging is None:
             return
-        stamp = tuple((p.name, p.stat().st_mtime_ns) for p in state_files(staging))
+        # a stat per file each step; Tune rewrites the set at most every ~10 s, so copies are rare
+        stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in state_files(staging))
         if stamp != self._seen and backup(self.run_dir, staging):
             self._seen = stamp
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.on_step_end(0, trials)
 
 
 def _staging_dir(trials) -> Path | None:

@@ -93,8 +93,13 @@ def test_actor_killed_mid_training_resumes_from_its_snapshot(ray_session, tmp_pa
     ray.kill(actor, no_restart=True)
 
 
-def _run_cli(args, **kw):
-    return subprocess.run(RAYNAS + args, capture_output=True, text=True, timeout=600, **kw)
+def _run_cli(args, timeout=600, **kw):
+    try:
+        return subprocess.run(RAYNAS + args, capture_output=True, text=True, timeout=timeout, **kw)
+    except subprocess.TimeoutExpired as e:  # say what the command was doing, not only that it hung
+        out = "".join(part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
+                      for part in (e.stdout, e.stderr))
+        pytest.fail(f"raynas {' '.join(args)} still running after {timeout} s; its output ended with:\n{out[-4000:]}")
 
 
 def _scoring_began(run_dir):
@@ -125,7 +130,7 @@ def test_resume_after_the_driver_is_sigkilled(tmp_path, kill_when):
     driver.wait()
     assert not (run_dir / "summary.parquet").exists()
     time.sleep(3)  # the embedded Ray shares the driver's fate
-    resumed = _run_cli(["search", "--resume", str(run_dir), "-q"], env=env)
+    resumed = _run_cli(["search", "--resume", str(run_dir)], timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     candidates = pd.read_parquet(run_dir / "candidates.parquet")
     assert len(candidates) == 12 and candidates["arch"].is_unique
@@ -182,7 +187,7 @@ def test_cli_version_and_space_info():
     assert out.returncode == 0 and "15,625" in out.stdout and "6,466" in out.stdout
 
 
-def test_truncated_tune_state_is_repaired_from_raynas_backup(rsps_run, tmp_path):
+def test_tune_state_cut_short_or_mixed_is_repaired_from_raynas_backup(rsps_run, tmp_path):
     import shutil
 
     from raynas.resume import _loads, repair, state_files
@@ -190,7 +195,9 @@ def test_truncated_tune_state_is_repaired_from_raynas_backup(rsps_run, tmp_path)
     assert (rsps_run / ".raynas-state" / "current").is_file()
     copy = tmp_path / "run"
     shutil.copytree(rsps_run, copy)
-    assert repair(copy) == []  # nothing to do while every file loads
+    tuner_pkl = (copy / "tuner.pkl").read_bytes()
+    assert repair(copy) == []  # the run ended cleanly: its state is raynas's last copy
+    pristine = {p.name: p.read_bytes() for p in state_files(copy)}
     victims = [p for p in state_files(copy) if p.name.startswith(("search_gen_state-", "experiment_state-"))]
     assert len(victims) == 2
     for path in victims:
@@ -198,7 +205,16 @@ def test_truncated_tune_state_is_repaired_from_raynas_backup(rsps_run, tmp_path)
     assert not all(_loads(p) for p in state_files(copy))
     restored = repair(copy)
     assert {p.name for p in victims} <= set(restored)
+    assert {p.name: p.read_bytes() for p in state_files(copy)} == pristine
+    # files of two moments that all load: the experiment state of another moment
+    state = next(p for p in victims if p.name.startswith("experiment_state-"))
+    other = json.loads(state.read_text())
+    other["trial_data"] = other["trial_data"][:-1]
+    state.write_text(json.dumps(other))
     assert all(_loads(p) for p in state_files(copy))
+    assert state.name in repair(copy)
+    assert {p.name: p.read_bytes() for p in state_files(copy)} == pristine
+    assert (copy / "tuner.pkl").read_bytes() == tuner_pkl  # written once by Tune; never part of a repair
 
 
 def test_same_seed_same_search_on_cpu(ray_session, rsps_run):
