@@ -91,7 +91,7 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     training = StandaloneTraining(
         get_space(run["space"]), config["arch"], splits, C=config.get("C", 16), N=config.get("N", 5),
-        seed=config.get("seed", 777), device=device, **recipe,
+        seed=config.get("seed", 777), device=device, eval_every=config.get("eval_every", 1), **recipe,
     )
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

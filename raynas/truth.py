@@ -293,7 +293,8 @@ def build_truth(
     standalone_gpus = 1.0 if gpus else 0.0
     fits = int(gpus // standalone_gpus) if gpus else int(ray.cluster_resources().get("CPU", 1) // res["standalone_cpus"])
     res["max_concurrent"] = max(1, min(fits, int(max_concurrent)) if max_concurrent else fits)
-    standalone = dict(recipe, checkpoint_every=recipe["epochs"])  # short trainings: a checkpoint at the end only
+    # short trainings: a checkpoint, and the valid evaluation, at the end only
+    standalone = dict(recipe, checkpoint_every=recipe["epochs"], eval_every=recipe["epochs"])
     searcher = TruthSearcher(archs=list(sample["arch"]), seeds=config["seeds"], standalone=standalone,
                              space=config["space"], seed=config["sample_seed"], max_concurrent=res["max_concurrent"])
     if verbose:
