@@ -70,12 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="digits", help=f"one of: {', '.join(dataset_names())} (default digits)")
     s.add_argument("--data-dir", help="folder holding the dataset's files (fashion-mnist defaults to Debian's)")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
-    s.add_argument("--preset", default="small", help="small (minutes on 2 CPU cores) or paper (default small)")
+    s.add_argument("--preset", default="small", help="small (minutes on 2 CPU cores), paper, or rank (rsps: a ranking run; "
+                        "see truth/README.md) (default small)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--few-shot", metavar="EDGES",
                    help="few-shot NAS: split the space on these edges, e.g. '1<-0' (5 sub-supernets) or '1<-0,3<-2' (25)")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. supernet.epochs=5 or searcher.num_candidates=50")
+    s.add_argument("--candidates", metavar="FILE",
+                   help="score exactly these archs (rsps): a truth table, a candidates.parquet or a text file of "
+                        "arch strings; with --preset rank, a ranking run for `raynas rank`")
     s.add_argument("--storage", default="runs", help="folder of run directories (default ./runs)")
     s.add_argument("--name", help="run directory name (default METHOD-DATASET-sSEED-TIME)")
     s.add_argument("--address", help="Ray cluster address to join (default: start an embedded local Ray)")
@@ -138,8 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_search(args) -> int:
     from raynas.driver import search
 
-    if args.resume and any(v is not None for v in (args.data_dir, args.name, args.set, args.data_option, args.few_shot)):
-        raise ValueError("--resume continues a run with its own settings; drop --data-dir/--name/--set/--data-option/--few-shot")
+    if args.resume and any(v is not None for v in (args.data_dir, args.name, args.set, args.data_option, args.few_shot,
+                                                   args.candidates)):
+        raise ValueError("--resume continues a run with its own settings; "
+                         "drop --data-dir/--name/--set/--data-option/--few-shot/--candidates")
+    overrides = _with_few_shot(_parse_set(args.set), args.few_shot)
+    if args.candidates:
+        from raynas.ranking import read_archs
+
+        overrides.setdefault("searcher", {})["candidates"] = read_archs(args.candidates)
     run_dir = search(
         args.method,
         space=args.space,
@@ -148,7 +159,7 @@ def _cmd_search(args) -> int:
         data_options=_parse_options(args.data_option),
         preset=args.preset,
         seed=args.seed,
-        overrides=_with_few_shot(_parse_set(args.set), args.few_shot),
+        overrides=overrides,
         storage=args.storage,
         name=args.name,
         address=args.address,

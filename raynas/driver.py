@@ -68,6 +68,13 @@ def make_config(method: str, *, space: str = "nb201", dataset: str = "digits", d
     unknown = set(overrides or {}) - set(DEFAULTS)
     if unknown:
         raise UsageError(f"overrides: unknown sections {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
+    if config["searcher"].get("candidates") is not None and not getattr(get_searcher_class(method), "takes_candidates", False):
+        raise UsageError(f"--candidates: method {method!r} chooses its own candidates; expected one of: "
+                         f"{', '.join(m for m in method_names() if getattr(get_searcher_class(m), 'takes_candidates', False))}")
+    if "num_candidates" in config["searcher"] and config["searcher"]["num_candidates"] is None \
+            and config["searcher"].get("candidates") is None:
+        raise UsageError(f"preset {preset!r} scores given archs; add --candidates FILE "
+                         "(e.g. truth/fashion-mnist16.parquet) or --set searcher.num_candidates=N")
     few_shot = config["searcher"].get("few_shot")
     if few_shot:
         if not getattr(get_searcher_class(method), "supports_few_shot", False):
@@ -234,9 +241,10 @@ def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_
     _, summary = build_tables(run_dir, config, manifest, space=space, wall_s=wall_s)
     if verbose:
         row = summary.iloc[0]
+        outcome = (f"-> {row['final_arch']}  standalone test acc {row['standalone_test_acc']:.4f}" if row["final_arch"]
+                   else "scored its candidates (no standalone training: `raynas rank` compares the scores with a truth)")
         print(
-            f"raynas: {config['method']} on {config['dataset']} -> {row['final_arch']}  "
-            f"standalone test acc {row['standalone_test_acc']:.4f}  "
+            f"raynas: {config['method']} on {config['dataset']} {outcome}  "
             f"({row['candidates']} candidates, {row['supernet_steps']} supernet steps, {wall_s:.0f} s)\n"
             f"raynas: tables in {run_dir}",
             flush=True,

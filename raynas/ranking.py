@@ -171,6 +171,26 @@ def truth_archs(path: str | Path) -> list[str]:
     return list(dict.fromkeys(table["arch"].astype(str)))
 
 
+def read_archs(path: str | Path) -> list[str]:
+    """Archs listed in a file, in order, each once: a parquet with an ``arch`` column (a truth
+    table, a run's candidates) or a text file of one arch string per line (``#`` comments)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; expected a parquet with an 'arch' column or a text file of archs")
+    if path.suffix == ".parquet":
+        table = pd.read_parquet(path)
+        if "arch" not in table:
+            raise ValueError(f"{path}: no 'arch' column; expected a truth table or a run's candidates.parquet")
+        archs = table["arch"].astype(str)
+    else:
+        archs = [line.strip() for line in path.read_text().splitlines()]
+        archs = [a for a in archs if a and not a.startswith("#")]
+    archs = list(dict.fromkeys(archs))
+    if not archs:
+        raise ValueError(f"{path}: lists no archs")
+    return archs
+
+
 # --- runs -------------------------------------------------------------------------------------
 def _run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     found: list[Path] = []

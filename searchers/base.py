@@ -216,6 +216,7 @@ class OneShotSearcher(WorkUnitSearcher):
     """The one-shot pipeline: train the supernet in sequential chunks under a policy, score a
     set of candidates in cohorts, train the ``top_k`` best standalone; the best standalone valid
     accuracy wins. Methods override :meth:`_candidates` (and pass their own ``policy``).
+    ``top_k=0`` stops after scoring (a ranking run: the scores are the result).
 
     Few-shot NAS (Zhao et al., ICML 2021) with ``few_shot=EDGES``: after the one-shot supernet
     (id 0) is trained, the sub-supernets ``1..K`` (one per region of ``space.split(EDGES)``,
@@ -246,7 +247,9 @@ class OneShotSearcher(WorkUnitSearcher):
     ) -> None:
         super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
         require_at_least_one(total_steps=total_steps, chunk_steps=chunk_steps, num_candidates=num_candidates,
-                             cohort_size=cohort_size, top_k=top_k)
+                             cohort_size=cohort_size)
+        if int(top_k) < 0:
+            raise ValueError(f"top_k={top_k!r}; must be >= 0 (0: score only, train nothing standalone)")
         if top_k > num_candidates:
             raise ValueError(f"top_k={top_k} > num_candidates={num_candidates}; must be <= num_candidates")
         self.total_steps = int(total_steps)

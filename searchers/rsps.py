@@ -9,9 +9,15 @@ Deviations:
 - Candidates are distinct (the benchmark's loop may draw one twice).
 - Work is cut into units: training chunks of ``chunk_steps`` and scoring cohorts of
   ``cohort_size``; the result is the same as one long loop.
+
+``candidates=[...]`` scores exactly those archs instead of random ones, and the ``rank`` preset
+scores them on the whole valid split and trains nothing standalone: a ranking run, whose scores
+``raynas rank`` compares with a ground-truth table (``--candidates truth/fashion-mnist16.parquet``).
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 from raynas.searchers.base import OneShotSearcher
 
@@ -22,6 +28,14 @@ PRESETS = {
                          weight_decay=5e-4, grad_clip=5.0),
         "searcher": dict(chunk_steps=160, num_candidates=30, cohort_size=30, score_batches=1, top_k=2,
                          standalone=dict(C=8, N=1, epochs=15, batch_size=64)),
+    },
+    # ranking runs against truth/fashion-mnist16.parquet (same data and network: run it with
+    # --dataset fashion-mnist --data-option resolution=16 --data-option train_size=6000 and
+    # --candidates TRUTH): 30 epochs of 94 steps, every candidate on the whole valid split
+    "rank": {
+        "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=500, epochs=30, lr=0.025, lr_min=0.001,
+                         weight_decay=5e-4, grad_clip=5.0),
+        "searcher": dict(chunk_steps=470, num_candidates=None, cohort_size=10, score_batches=None, top_k=0),
     },
     # the benchmark's settings (SETN paper's RSPS): 250 epochs, batch 64, 100 candidates on one batch of 512
     "paper": {
@@ -37,6 +51,28 @@ class RSPSSearcher(OneShotSearcher):
     """Uniform weight-sharing training, random candidates scored on the supernet, best trained standalone."""
 
     method = "rsps"
+    #: scores a given list of archs with ``candidates=[...]`` (``raynas search --candidates``)
+    takes_candidates = True
+
+    def __init__(self, *, candidates: Sequence[str] | None = None, num_candidates: int | None = 100, **kwargs) -> None:
+        if candidates is not None:
+            if isinstance(candidates, str) or len(candidates) == 0:
+                raise ValueError(f"candidates={candidates!r}; expected a non-empty list of arch strings")
+            if num_candidates is not None and int(num_candidates) != len(candidates):
+                raise ValueError(f"num_candidates={num_candidates} but {len(candidates)} candidates given; "
+                                 "give one or the other")
+            num_candidates = len(candidates)
+        elif num_candidates is None:
+            raise ValueError("num_candidates=None; expected a count, or candidates=[...] to score given archs")
+        super().__init__(num_candidates=num_candidates, **kwargs)
+        if candidates is not None:
+            parsed = [self.space_.parse(a) for a in candidates]  # ValueError names a bad string
+            strings = [str(a) for a in parsed]
+            if len(set(strings)) != len(strings):
+                raise ValueError("candidates: an arch is listed twice; expected distinct archs")
+        self.candidates = None if candidates is None else strings
 
     def _candidates(self) -> list:
+        if self.candidates is not None:
+            return list(self.candidates)
         return self.sample_distinct(self.num_candidates)

@@ -10,7 +10,7 @@ from ray.tune.search import Searcher
 from scipy import stats
 
 from raynas.cli import main
-from raynas.ranking import read_truth, rank_runs, rank_stats, truth_archs, truth_reliability, truth_values
+from raynas.ranking import read_archs, read_truth, rank_runs, rank_stats, truth_archs, truth_reliability, truth_values
 from raynas.spaces import get_space
 from raynas.truth import TABLE_COLUMNS, TruthSearcher, build_truth, stratified_sample
 from tests.conftest import TINY
@@ -261,3 +261,42 @@ def test_rank_a_run_against_a_truth_of_its_archs(rsps_run, tmp_path, capsys):
     pd.DataFrame([{"arch": a, "seed": 0, "valid_acc": 0.5} for a in ARCHS[-3:]]).to_parquet(far)
     assert main(["rank", str(rsps_run), "--truth", str(far)]) == 2
     assert "share 0 arch" in capsys.readouterr().err
+
+
+def test_read_archs_from_a_table_or_a_text_file(tmp_path):
+    table = tmp_path / "t.parquet"
+    pd.DataFrame({"arch": [ARCHS[2], ARCHS[0], ARCHS[2]], "seed": [0, 0, 1]}).to_parquet(table)
+    assert read_archs(table) == [ARCHS[2], ARCHS[0]]  # each once, in order
+    text = tmp_path / "archs.txt"
+    text.write_text(f"# two archs\n{ARCHS[1]}\n\n{ARCHS[3]}\n")
+    assert read_archs(text) == [ARCHS[1], ARCHS[3]]
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_archs(tmp_path / "none.txt")
+    pd.DataFrame({"name": ["x"]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="no 'arch' column"):
+        read_archs(tmp_path / "other.parquet")
+
+
+def test_a_ranking_run_scores_exactly_the_truths_archs(ray_session, tmp_path, capsys):
+    truth = tmp_path / "truth.parquet"
+    rng = np.random.default_rng(1)
+    rows = [{"arch": a, "seed": s, "valid_acc": float(rng.random())} for a in ARCHS[:6] for s in (0, 1)]
+    pd.DataFrame(rows).to_parquet(truth)
+    storage = tmp_path / "runs"
+    assert main(["search", "--method", "rsps", "--preset", "rank", "--dataset", "digits", "--candidates", str(truth),
+                 "--set", "supernet.epochs=1", "--set", "searcher.chunk_steps=8", "--storage", str(storage),
+                 "--name", "rank", "-q"]) == 0
+    run = storage / "rank"
+    candidates = pd.read_parquet(run / "candidates.parquet")
+    assert sorted(candidates["arch"]) == sorted(ARCHS[:6])
+    assert (candidates["samples"] == 359).all()  # each on the whole valid split of digits
+    summary = pd.read_parquet(run / "summary.parquet").iloc[0]
+    assert summary["final_arch"] is None and summary["standalone_epochs"] == 0
+    assert rank_runs([run], truth).iloc[0]["n"] == 6
+    capsys.readouterr()
+    # a method that picks its own candidates, and the rank preset without any: one line, exit 2
+    assert main(["search", "--method", "setn", "--candidates", str(truth), "--storage", str(storage)]) == 2
+    assert "chooses its own candidates" in capsys.readouterr().err
+    assert main(["search", "--method", "rsps", "--preset", "rank", "--storage", str(storage)]) == 2
+    assert "add --candidates FILE" in capsys.readouterr().err
+    assert sorted(p.name for p in storage.iterdir()) == ["rank"]

@@ -187,9 +187,29 @@ def test_rsps_trains_in_sequential_chunks_then_scores_cohorts():
     assert len({a for c in cohorts for a in c["archs"]}) == 10
 
 
+def test_rsps_scores_given_candidates_and_top_k_0_stops_after_scoring():
+    given = [str(a) for a in get_space("nb201").sample(np.random.default_rng(7), 9)]
+    searcher = make("rsps", candidates=given, num_candidates=None, cohort_size=4, top_k=0)
+    driver = Driver(searcher)
+    driver.run()
+    scored = [a for u in driver.log if u["kind"] == "score" for a in u["archs"]]
+    assert scored == given  # exactly those, in their order
+    assert not any(u["kind"] == "standalone" for u in driver.log)
+    assert searcher.best_arch is None and set(searcher.scores_) == set(given)
+
+
+TWO = [str(a) for a in get_space("nb201").sample(np.random.default_rng(8), 2)]
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"top_k": 5, "num_candidates": 2}, "top_k=5 > num_candidates=2"), ({"chunk_steps": 0}, "chunk_steps=0; must be >= 1")],
+    [({"top_k": 5, "num_candidates": 2}, "top_k=5 > num_candidates=2"), ({"chunk_steps": 0}, "chunk_steps=0; must be >= 1"),
+     ({"top_k": -1}, "top_k=-1; must be >= 0"),
+     ({"num_candidates": None}, "num_candidates=None; expected a count, or candidates"),
+     ({"candidates": TWO, "num_candidates": 3}, "num_candidates=3 but 2 candidates given"),
+     ({"candidates": [TWO[0], TWO[0]], "num_candidates": None, "top_k": 1}, "listed twice"),
+     ({"candidates": ["|bad~0|"], "num_candidates": None, "top_k": 1}, "bad"),
+     ({"candidates": [], "num_candidates": None}, "non-empty list")],
 )
 def test_rsps_validates_its_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
