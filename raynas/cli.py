@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder holding the dataset's files (fashion-mnist defaults to Debian's)")
     t.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
     t.add_argument("--space", default="nb201", help=f"one of: {', '.join(space_names())} (default nb201)")
-    t.add_argument("--archs", type=int, default=60, help="archs in the sample (default 60)")
+    t.add_argument("--archs", type=int, default=40, help="archs in the sample (default 40)")
     t.add_argument("--seeds", type=int, default=6, help="training seeds per arch, 0..K-1 (default 6)")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--C", type=int, default=8)

@@ -205,7 +205,7 @@ def build_truth(
     data_dir: str | None = None,
     data_options: dict | None = None,
     space: str = "nb201",
-    archs: int = 60,
+    archs: int = 40,
     seeds: int | Sequence[int] = 6,
     recipe: dict | None = None,
     sample_seed: int = 0,
