@@ -7,8 +7,8 @@ leaves the run directory with a truncated file (``Tuner.restore`` then silently 
 experiment from scratch: ``EOFError`` on Ray 2.60) or, worse, with files from two different
 moments that all load: the searcher then waits for a trial that Tune's trial list never had,
 and the resumed run hangs. raynas therefore keeps its own copy of the last *complete* set of
-state files, taken from the staging folder between two controller steps (the controller writes
-that folder synchronously, so the set copied is always one moment) and switched atomically.
+state files, taken from the staging folder after Tune wrote it and before Tune copies it (see
+:class:`StateBackup`), and switched atomically: never older than the run directory's set.
 Before a resume, the run directory's set is replaced by that copy whenever the two differ.
 
 ``tuner.pkl`` is not part of the set: Tune writes it once, straight into the run directory,
@@ -97,24 +97,35 @@ def repair(run_dir: str | os.PathLike) -> list[str]:
 
 
 class StateBackup(Callback):
-    """Backs up the run's Tune state from Tune's staging folder whenever it changed, between
-    controller steps and once more at the end (after Tune's final write)."""
+    """Backs up the run's Tune state from Tune's staging folder each time Tune writes it.
+
+    Tune asks its callbacks for their state (:meth:`get_state`) right after writing the state
+    files to the staging folder and right before it starts copying them to the run directory:
+    the one moment the staging set is complete and not yet copied. The backup is taken there, so
+    it is never older than what reached the run directory. (The callback itself keeps no state
+    for Tune: ``get_state`` returns ``None``.)
+    """
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = str(run_dir)
+        self._staging: Path | None = None
         self._seen: tuple = ()
 
-    def on_step_end(self, iteration, trials, **info) -> None:
-        staging = _staging_dir(trials)
-        if staging is None:
-            return
-        # a stat per file each step; Tune rewrites the set at most every ~10 s, so copies are rare
-        stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in state_files(staging))
-        if stamp != self._seen and backup(self.run_dir, staging):
-            self._seen = stamp
+    def on_trial_add(self, iteration, trials, trial, **info) -> None:
+        if self._staging is None:
+            self._staging = _staging_dir([trial])
 
-    def on_experiment_end(self, trials, **info) -> None:
-        self.on_step_end(0, trials)
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self._staging is None:
+            self._staging = _staging_dir(trials)
+
+    def get_state(self) -> None:
+        if self._staging is not None:
+            # a stat per file; Tune writes its state at most every ~10 s, so copies are rare
+            stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in state_files(self._staging))
+            if stamp != self._seen and backup(self.run_dir, self._staging):
+                self._seen = stamp
+        return None
 
 
 def _staging_dir(trials) -> Path | None:
