@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -300,3 +301,21 @@ def test_a_ranking_run_scores_exactly_the_truths_archs(ray_session, tmp_path, ca
     assert main(["search", "--method", "rsps", "--preset", "rank", "--storage", str(storage)]) == 2
     assert "add --candidates FILE" in capsys.readouterr().err
     assert sorted(p.name for p in storage.iterdir()) == ["rank"]
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "truth" / "fashion-mnist16.parquet"
+
+
+def test_the_shipped_truth_is_the_stratified_sample_and_agrees_with_itself():
+    table, facts = read_truth(SHIPPED)
+    net = dict(C=facts["recipe"]["C"], N=facts["recipe"]["N"], num_classes=10, in_channels=1)
+    sample = stratified_sample(facts["space"], facts["archs"], seed=facts["sample_seed"], strata=facts["strata"],
+                               weak_fraction=facts["weak_fraction"], pool=facts["pool"], net=net)
+    assert truth_archs(SHIPPED) == list(sample["arch"])  # built by the command it records
+    assert len(table) == facts["archs"] * len(facts["seeds"]) and facts["missing_rows"] == 0
+    assert table.groupby("arch")["seed"].apply(sorted).map(tuple).eq(tuple(facts["seeds"])).all()
+    assert table["valid_acc"].between(0.1, 1.0).all() and (table["epochs"] == facts["recipe"]["epochs"]).all()
+    reliability = truth_reliability(table)
+    assert reliability["split_half_tau"] == pytest.approx(facts["reliability"]["split_half_tau"])
+    assert reliability["split_half_tau"] >= 0.6  # the bar a truth must clear to rank anything
+    assert json.loads(SHIPPED.with_suffix(".json").read_text())["reliability"] == facts["reliability"]
