@@ -210,8 +210,8 @@ def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_
         callbacks.append(JsonLoggerCallback())
         restored = repair(run_dir)
         if restored and verbose:
-            print(f"raynas: Tune's state in {run_dir} was cut short when the driver died; "
-                  f"resuming from raynas's last complete copy ({', '.join(restored)})", file=sys.stderr)
+            print(f"raynas: Tune's state in {run_dir} was not one complete moment (the driver died while "
+                  f"Tune copied it); resuming from raynas's last complete copy ({', '.join(restored)})", file=sys.stderr)
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         searcher_kwargs = dict(config["searcher"], space=config["space"], seed=config["seed"],

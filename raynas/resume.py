@@ -108,23 +108,18 @@ class StateBackup(Callback):
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = str(run_dir)
+        self._trials: list | None = None
         self._staging: Path | None = None
-        self._seen: tuple = ()
-
-    def on_trial_add(self, iteration, trials, trial, **info) -> None:
-        if self._staging is None:
-            self._staging = _staging_dir([trial])
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self._staging is None:
-            self._staging = _staging_dir(trials)
+        # Tune's own trial list: trials added later in this step (before its state write) show in it
+        self._trials = trials
 
     def get_state(self) -> None:
+        if self._staging is None and self._trials:
+            self._staging = _staging_dir(self._trials)
         if self._staging is not None:
-            # a stat per file; Tune writes its state at most every ~10 s, so copies are rare
-            stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in state_files(self._staging))
-            if stamp != self._seen and backup(self.run_dir, self._staging):
-                self._seen = stamp
+            backup(self.run_dir, self._staging)
         return None
 
 

@@ -307,7 +307,7 @@ def build_truth(
     done = _finished_units(read_trial_rows(run_dir)) if resume is not None else 0
     callbacks = [_Progress(len(searcher.units_), verbose, done), StateBackup(run_dir)]
     if resume is not None:
-        repair(run_dir)  # Tune's state files cut short by a killed driver: raynas's last complete copy
+        repair(run_dir)  # Tune's state files of a killed driver, put back to raynas's last complete copy
         tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
         tuner._local_tuner._run_config.callbacks = callbacks  # restored run configs drop callbacks
     else:

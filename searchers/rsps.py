@@ -31,7 +31,7 @@ PRESETS = {
     },
     # ranking runs against truth/fashion-mnist16.parquet (same data and network: run it with
     # --dataset fashion-mnist --data-option resolution=16 --data-option train_size=6000 and
-    # --candidates TRUTH): 30 epochs of 94 steps, every candidate on the whole valid split
+    # --candidates TRUTH): 30 epochs of 93 steps, every candidate on the whole valid split
     "rank": {
         "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=500, epochs=30, lr=0.025, lr_min=0.001,
                          weight_decay=5e-4, grad_clip=5.0),
