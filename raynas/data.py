@@ -73,8 +73,26 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+
+class _LazyModule:
+    """``torch`` imported at first use: listing the datasets and checking their options (the CLI's
+    usage checks) must not cost torch's import (seconds). The first attribute read imports the module
+    and puts it in this module's globals in place of the stand-in."""
+
+    def __init__(self, module: str, alias: str) -> None:
+        self._module, self._alias = module, alias
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        module = importlib.import_module(self._module)
+        globals()[self._alias] = module
+        return getattr(module, attr)
+
+
+torch = _LazyModule("torch", "torch")
+F = _LazyModule("torch.nn.functional", "F")
 
 __all__ = [
     "Batches",
@@ -85,7 +103,9 @@ __all__ = [
     "crop_flip",
     "Split",
     "Splits",
+    "check_options",
     "dataset_names",
+    "dataset_options",
     "load_dataset",
     "register_dataset",
 ]
@@ -199,11 +219,36 @@ def _canonical_name(name: str) -> str:
     return key if key in DATASETS else str(name)
 
 
+def dataset_options(name: str) -> dict[str, object]:
+    """The options dataset ``name`` takes (its loader's keyword-only arguments) -> their defaults."""
+    import inspect
+
+    key = _canonical_name(name)
+    if key not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of: {', '.join(dataset_names())}")
+    return {p.name: p.default for p in inspect.signature(DATASETS[key]).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def check_options(name: str, options: dict) -> None:
+    """Refuse an option dataset ``name`` does not take, with one line naming the ones it does
+    (:class:`DatasetError`); the values are checked when the data are read."""
+    import difflib
+
+    valid = dataset_options(name)
+    for option in options:
+        if option not in valid:
+            close = difflib.get_close_matches(str(option), list(valid), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise DatasetError(f"{name}: unknown option {option!r}{hint}; {name} takes: {', '.join(valid)}")
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options) -> Splits:
     """Load dataset ``name`` (see the module docstring) from ``root`` (None = its default)."""
     key = _canonical_name(name)
     if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of: {', '.join(dataset_names())}")
+        raise DatasetError(f"unknown dataset {name!r}; expected one of: {', '.join(dataset_names())}")
+    check_options(key, options)
     return DATASETS[key](root=root, **options)
 
 
@@ -248,7 +293,7 @@ def _check_size(dataset: str, option: str, value, available: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= available:
-        raise ValueError(
+        raise DatasetError(
             f"{dataset}: {option}={value!r} must be an integer in 1..{available} (the size of that split)"
         )
     return int(value)
@@ -429,7 +474,7 @@ def load_fashion_mnist(
     """
     name = "fashion-mnist"
     if resolution not in _FMNIST_STATS:
-        raise ValueError(f"{name}: resolution={resolution!r}; expected 28 or 16")
+        raise DatasetError(f"{name}: resolution={resolution!r}; expected 28 or 16")
     directory = Path(root if root is not None else FASHION_MNIST_DEFAULT_ROOT).expanduser()
     expected = _fmnist_expected()
     if not directory.is_dir():

@@ -14,6 +14,20 @@ from typing import Any, Hashable, Iterator, Protocol, Sequence
 import numpy as np
 
 
+def short_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to about ``limit`` characters with an ellipsis (error messages quote
+    user input, which may be kilobytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 4]}...{text[-1]}"
+
+
+def is_index_text(text: str) -> bool:
+    """Whether ``text`` spells an integer in ASCII digits (``str.isdigit`` also accepts other
+    scripts' digits, e.g. '\u0663', which ``int`` would read as 3)."""
+    body = text[1:] if text[:1] == "-" else text
+    return body.isascii() and body.isdigit()
+
+
 class Arch(Protocol):
     """What every space's arch value offers: per-edge op indices and a canonical string."""
 
@@ -142,16 +156,19 @@ class Space(ABC):
 
     def parse_edges(self, text: str | Sequence) -> list[int]:
         """``"1<-0,3<-2"`` or ``"0,5"`` or a sequence of those -> edge indices."""
+        if not isinstance(text, (str, Sequence)):
+            raise ValueError(f"edges {short_repr(text)}; expected e.g. '1<-0,3<-2' or '0,5' (edge names or indices)")
         items = text.split(",") if isinstance(text, str) else list(text)
         edges = []
         for item in items:
             item = item.strip() if isinstance(item, str) else item
             if item in self.edge_names:
                 edges.append(self.edge_names.index(item))
-            elif isinstance(item, int) or (isinstance(item, str) and item.isdigit()):
+            elif (isinstance(item, int) and not isinstance(item, bool)) or (isinstance(item, str) and is_index_text(item)):
                 edges.append(int(item))
             else:
-                raise ValueError(f"edge {item!r}; expected an index 0..{self.num_edges - 1} or one of {', '.join(self.edge_names)}")
+                raise ValueError(f"edge {short_repr(item)}; expected an index 0..{self.num_edges - 1} "
+                                 f"or one of {', '.join(self.edge_names)}")
         return self._check_edges(edges)
 
     def _check_edges(self, edges: Sequence[int]) -> list[int]:

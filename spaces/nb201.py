@@ -20,7 +20,7 @@ from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 
-from raynas.spaces.base import Space
+from raynas.spaces.base import Space, short_repr
 
 OP_NAMES: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 #: (target node, source node) per edge, in the benchmark's row order
@@ -31,7 +31,8 @@ NUM_ARCHS = NUM_OPS**NUM_EDGES
 
 _OP_INDEX = {name: i for i, name in enumerate(OP_NAMES)}
 _EXAMPLE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-_TOKEN = re.compile(r"^([a-z0-9_]+)~(\d+)$")
+# ASCII digits only: \d would take any script's digits ('~\u0663' read as ~3)
+_TOKEN = re.compile(r"^([a-z0-9_]+)~([0-9]+)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,24 +57,27 @@ class NB201Arch:
         """Parse the benchmark string ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``."""
         expected = f"expected the benchmark form, e.g. '{_EXAMPLE}'"
         if not isinstance(text, str):
-            raise ValueError(f"NB201 arch string {text!r} is not a string; {expected}")
+            raise ValueError(f"NB201 arch string {short_repr(text, 120)} is not a string; {expected}")
+        if not text.strip():
+            raise ValueError(f"NB201 arch string {text!r} is empty; {expected}")
+        quoted = short_repr(text, 120)  # whole for any real arch string (<= ~110 chars)
         nodes = text.strip().split("+")
         if len(nodes) != 3:
-            raise ValueError(f"NB201 arch string {text!r} has {len(nodes)} nodes; {expected}")
+            raise ValueError(f"NB201 arch string {quoted} has {len(nodes)} nodes; {expected}")
         ops: list[int] = []
         for node, part in enumerate(nodes, start=1):
             if not (part.startswith("|") and part.endswith("|")):
-                raise ValueError(f"NB201 arch string {text!r}: node {node} '{part}' is not '|...|'; {expected}")
+                raise ValueError(f"NB201 arch string {quoted}: node {node} {short_repr(part)} is not '|...|'; {expected}")
             tokens = part[1:-1].split("|")
             if len(tokens) != node:
                 raise ValueError(
-                    f"NB201 arch string {text!r}: node {node} has {len(tokens)} inputs, expected {node}"
+                    f"NB201 arch string {quoted}: node {node} has {len(tokens)} inputs, expected {node}"
                 )
             for source, token in enumerate(tokens):
                 match = _TOKEN.match(token)
                 if not match or match.group(1) not in _OP_INDEX or int(match.group(2)) != source:
                     raise ValueError(
-                        f"NB201 arch string {text!r}: bad input '{token}' of node {node}; expected "
+                        f"NB201 arch string {quoted}: bad input {short_repr(token)} of node {node}; expected "
                         f"'<op>~{source}' with <op> one of {', '.join(OP_NAMES)}"
                     )
                 ops.append(_OP_INDEX[match.group(1)])
@@ -204,7 +208,7 @@ class NB201Space(Space):
         try:
             ops = tuple(int(o) for o in ops)
         except (TypeError, ValueError):
-            raise ValueError(f"NB201 arch ops={ops!r}; expected {NUM_EDGES} ints in 0..{NUM_OPS - 1}") from None
+            raise ValueError(f"NB201 arch ops={short_repr(ops)}; expected {NUM_EDGES} ints in 0..{NUM_OPS - 1}") from None
         return self._inside(NB201Arch(ops))
 
     def arch_from_string(self, text: str) -> NB201Arch:

@@ -135,7 +135,8 @@ def test_registry_and_unknown_name():
     assert "unknown dataset 'mnist-nope'" in msg
     for name in D.dataset_names():
         assert name in msg
-    assert not isinstance(ei.value, DatasetError)
+    # a bad name is a usage error like any bad data input: one line, exit 2 from the CLI
+    assert isinstance(ei.value, DatasetError)
 
 
 def test_register_dataset_decorator():
