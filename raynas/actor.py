@@ -4,6 +4,10 @@ The body is :class:`raynas.worker.SupernetWorker`; this module only makes it an 
 on the device Ray grants (a whole or fractional GPU, else CPU with as many torch threads as CPUs
 granted) and names it so trials can look it up. Ray restarts a dead actor (``max_restarts``) by
 calling ``__init__`` again, which finds the run's last snapshot and resumes from it.
+
+:func:`create_supernet_actor` reuses a live actor of the same name only when it was made with
+the same supernet settings (:func:`raynas.worker.worker_settings`: all but device, threads and
+``expect_snapshot``); otherwise it raises rather than hand back another run's supernet.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 
 import ray
 
-from raynas.worker import SupernetWorker
+from raynas.worker import SupernetWorker, settings_difference, worker_settings
 
 NAMESPACE = "raynas"
 
@@ -49,9 +53,27 @@ def create_supernet_actor(
     max_restarts: int = 3,
     scheduling_strategy: Any = None,
 ):
-    """Start (or, if it already runs, return) the named actor of one (sub-)supernet."""
+    """Start (or, if it already runs, return) the named actor of one (sub-)supernet.
+
+    An actor of that name that runs already is returned only if its settings equal
+    ``worker_kwargs``' (device and threads aside); else ValueError naming the first that differs.
+    """
+    name = actor_name(run_id, supernet)
+    wanted = worker_settings(worker_kwargs)  # also refuses unknown settings before Ray is asked
+    try:
+        existing = ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        existing = None
+    if existing is not None:
+        have = ray.get(existing.settings.remote())
+        key = settings_difference(have, wanted)
+        if key is not None:
+            raise ValueError(f"a supernet actor {name!r} already runs with {key}={have.get(key)!r}; this run asks "
+                             f"for {key}={wanted.get(key)!r} (another run with the same run id? use a new run id, "
+                             "or the same settings)")
+        return existing
     options = dict(
-        name=actor_name(run_id, supernet),
+        name=name,
         namespace=NAMESPACE,
         get_if_exists=True,
         num_cpus=num_cpus,

@@ -2,16 +2,35 @@
 
 :class:`SupernetWorker` owns one supernet's weights, optimizer, learning-rate schedule and data
 streams on one device. :class:`raynas.actor.SupernetActor` is this class made a Ray actor; keeping
-the body Ray-free lets benchmarks and GPU checks drive the very same code in a plain process.
+the body Ray-free lets benchmarks and GPU checks drive the very same code in a plain process
+(neither this module nor what it imports imports Ray).
 
-*Version* = optimizer steps taken. Work is addressed by version (``train(until=V)``), so a unit
-that is re-run after a crash or retry only does what is missing: work units are idempotent.
+*Version* = optimizer steps taken. Work is addressed by version: ``train(until=U, start=F)`` is
+"the chunk from version F to version U" and ``score(..., version=V)`` is "scoring at version V".
+A unit that is re-run after a crash, a retry or a resume from a stale searcher state gets what
+the original gave: the actor trains only what is missing, replays a chunk it already did from that
+chunk's per-version snapshot, or rewinds to the chunk's first version.
+
+Files in ``snapshot_dir`` (all written atomically: temporary file + ``os.replace``):
+
+- ``snapshot.pt``: the latest state (every ``snapshot_every`` steps and at the end of every
+  ``train`` call); a new worker resumes from it.
+- ``v{version:08d}.pt``: the state at the end of a ``train`` call that reached ``version``, plus
+  that call's result row (key ``"row"``); the newest ``keep_versions`` are kept. At the end of a
+  call ``snapshot.pt`` is a hard link to (else a copy of) the version file, not a second write.
+
+Every file loads with ``torch.load(..., weights_only=True)``: states hold only tensors and plain
+Python values (converted at save time), and a snapshot that would need more is refused.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import pickle
+import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -60,10 +79,114 @@ def pick_device(device: str | None = None) -> torch.device:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def atomic_link(source: Path, path: Path) -> None:
+    """Make ``path`` the file ``source`` is, atomically: a hard link (no second write) where the
+    file system has them, else a copy; either goes to a temporary name first, then ``os.replace``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, path)
+
+
+def version_file(version: int) -> str:
+    """The name of the per-version snapshot of ``version`` in a snapshot dir."""
+    return f"v{int(version):08d}.pt"
+
+
+_VERSION_FILE = re.compile(r"^v(\d{8,})\.pt$")
+
+
+def plain(obj: Any, where: str = "state") -> Any:
+    """``obj`` with numpy values made Python values (arrays: tensors) and archs made strings, so
+    that ``torch.load(weights_only=True)`` reads it back. Anything else that is not a tensor or a
+    plain value raises ``TypeError`` naming where it sits: a snapshot that could not be read back is
+    never written."""
+    if isinstance(obj, np.generic):  # first: np.float64 is a float, yet pickles as a numpy global
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, torch.Tensor, torch.dtype,
+                                       torch.device, torch.Size)):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, dict):
+        return {plain(k, where): plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset, range)):
+        items = [plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, (list, range)) else tuple(items) if isinstance(obj, tuple) else set(items)
+    if hasattr(obj, "ops") and type(obj).__str__ is not object.__str__:
+        return str(obj)  # an arch: every space parses its string form
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a snapshot holds only "
+                    "tensors and plain values (convert it in the policy's state_dict/export)")
+
+
+def load_plain(path: str | os.PathLike, map_location: Any = None) -> dict:
+    """``torch.load(path, weights_only=True)``; a file that needs more than tensors and plain
+    values (a crafted pickle that would run code, or an old format) is refused with a ValueError."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        why = next((line for line in lines if "Unpickler error" in line), lines[0] if lines else type(err).__name__)
+        raise ValueError(f"snapshot {str(path)!r} holds more than tensors and plain values; refusing to unpickle "
+                         f"it (weights_only=True): {why}") from None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``a == b`` for plain values that may hold tensors (equal shape and values)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and bool(
+            torch.equal(a.cpu(), b.cpu()))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return bool(a == b)
+
+
+#: settings that say how a worker runs or starts, not which supernet it is
+RUNTIME_SETTINGS = ("device", "num_threads", "expect_snapshot")
+
+
+def worker_settings(kwargs: dict) -> dict:
+    """The supernet-defining settings of a worker made from ``kwargs``: every argument of
+    :class:`SupernetWorker` (defaults filled in) but :data:`RUNTIME_SETTINGS`, as plain values
+    (tuples and ranges as lists), so two workers' settings compare with ``==``."""
+    params = inspect.signature(SupernetWorker.__init__).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown:
+        raise TypeError(f"SupernetWorker got unexpected settings {unknown}")
+    full = {name: kwargs.get(name, p.default) for name, p in params.items() if name != "self"}
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, range)):
+            return [norm(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        return v
+
+    return {k: norm(v) for k, v in full.items() if k not in RUNTIME_SETTINGS}
+
+
+def settings_difference(a: dict, b: dict) -> str | None:
+    """The first key (in argument order) whose value differs between two :func:`worker_settings`."""
+    for key in list(a) + [k for k in b if k not in a]:
+        if a.get(key) != b.get(key):
+            return key
+    return None
 
 
 class SupernetWorker:
@@ -71,8 +194,11 @@ class SupernetWorker:
 
     Args are keyword-only and stored verbatim in :attr:`config`. ``total_steps`` fixes the cosine
     schedule (``lr_restarts`` cuts it into that many equal cycles, each from ``lr`` to ``lr_min``);
-    ``snapshot_dir`` enables snapshots (every ``snapshot_every`` steps and at the end of every
-    :meth:`train` call) and makes a new worker resume from the last one.
+    ``snapshot_dir`` enables snapshots (``snapshot.pt`` every ``snapshot_every`` steps and at the
+    end of every :meth:`train` call, plus one ``v{version:08d}.pt`` per call, of which the newest
+    ``keep_versions`` are kept; ``None``: all) and makes a new worker resume from ``snapshot.pt``.
+    ``expect_snapshot=True`` (a resumed run) refuses to start without that file rather than train
+    again from zero.
     """
 
     def __init__(
@@ -100,6 +226,8 @@ class SupernetWorker:
         seed: int = 0,
         snapshot_dir: str | None = None,
         snapshot_every: int | None = None,
+        keep_versions: int | None = 16,
+        expect_snapshot: bool = False,
         init_from: str | None = None,
         device: str | None = None,
         num_threads: int | None = None,
@@ -110,7 +238,14 @@ class SupernetWorker:
             raise ValueError(f"total_steps={total_steps!r}, epochs={epochs!r}; give exactly one (the schedule's length)")
         require_at_least_one(batch_size=batch_size, valid_batch_size=valid_batch_size, total_steps=total_steps or 1,
                              epochs=epochs or 1, lr_restarts=lr_restarts)
+        if keep_versions is not None:
+            require_at_least_one(keep_versions=keep_versions)
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
+        self.snapshot_path = self.snapshot_dir / "snapshot.pt" if self.snapshot_dir else None
+        if expect_snapshot and (self.snapshot_path is None or not self.snapshot_path.is_file()):
+            where = self.snapshot_path if self.snapshot_path is not None else "snapshot_dir=None"
+            raise ValueError(f"supernet snapshot {where} is missing; a resumed run needs its supernets/ folder")
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = pick_device(device)
@@ -147,13 +282,19 @@ class SupernetWorker:
         self.policy: Policy = make_policy("uniform", self.space, self.supernet.num_cells, self.device)
         self.version = 0
         self.seconds = {"train": 0.0, "score": 0.0}
-        self.snapshot_path = Path(snapshot_dir) / "snapshot.pt" if snapshot_dir else None
         self.restored_from: str | None = None
+        #: per-version snapshots loaded since start (replays and rewinds of re-issued units)
+        self.reloads = 0
         # few-shot NAS: a sub-supernet starts from its parent's weights, read at its first train
         # call (the parent is still training when the sub-supernet actors are created)
         self.initialized_from: str | None = None
         if self.snapshot_path is not None and self.snapshot_path.exists():
             self.load_snapshot(self.snapshot_path)
+
+    def settings(self) -> dict:
+        """This worker's supernet-defining settings (:func:`worker_settings` of :attr:`config`):
+        what :func:`raynas.actor.create_supernet_actor` compares before reusing a named actor."""
+        return worker_settings(self.config)
 
     # --- training -------------------------------------------------------------------------
     def _use_policy(self, spec: dict | str) -> Policy:
@@ -162,10 +303,38 @@ class SupernetWorker:
             self.policy = make_policy(spec, self.space, self.supernet.num_cells, self.device)
         return self.policy
 
-    def train(self, policy: dict | str = "uniform", until: int | None = None, steps: int | None = None) -> dict:
-        """Train until version ``until`` (or for ``steps`` more steps) under ``policy``."""
+    def _lr(self, version: int) -> float:
+        cfg = self.config
+        return restarted_cosine_lr(version, self.total_steps, cfg["lr"], cfg["lr_min"], cfg["lr_restarts"])
+
+    def train(self, policy: dict | str = "uniform", until: int | None = None, steps: int | None = None, *,
+              start: int | None = None) -> dict:
+        """Train until version ``until`` (or for ``steps`` more steps) under ``policy``.
+
+        ``start=F`` (with ``until=U``) names the chunk F -> U. When the per-version snapshot of U
+        holds that chunk (its row says it went F -> U, under this policy spec), the chunk is
+        replayed: that state is loaded and its row returned with ``"replayed": True``. Otherwise a
+        supernet at F trains on, and one elsewhere loads the snapshot of F first and trains F -> U
+        (bit-identical to the first time on CPU); no snapshot of F: ValueError.
+        A non-finite loss stops the call before that batch's optimizer step and returns a row
+        with ``"diverged": True`` (nothing is snapshotted).
+        """
         if (until is None) == (steps is None):
             raise ValueError("train: give exactly one of until= (a target version) or steps=")
+        if start is not None:
+            if until is None:
+                raise ValueError("train: start= names a chunk start..until; give until=, not steps=")
+            start, until = int(start), int(until)
+            if start < 0 or until < start:
+                raise ValueError(f"train: start={start}, until={until}; expected 0 <= start <= until")
+            # a chunk already done (a re-issued unit) is replayed from its stored end state, even
+            # by a supernet at its start: the stored state is the original, and the next re-issued
+            # chunk can then replay too
+            replay = self._replay(policy, start, until) if until > start else None
+            if replay is not None:
+                return replay
+            if self.version != start:
+                self.load_version(start)
         target = int(until) if until is not None else self.version + int(steps)
         parent_policy = None
         if self.config["init_from"] and self.version == 0 and self.initialized_from is None:
@@ -177,13 +346,14 @@ class SupernetWorker:
         cfg = self.config
         net, opt = self.supernet, self.optimizer
         net.train()
-        start, start_version = time.perf_counter(), self.version
+        began, start_version = time.perf_counter(), self.version
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
         extra: dict = {}
+        diverged: dict | None = None
         while self.version < target:
-            lr = restarted_cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"], cfg["lr_restarts"])
+            lr = self._lr(self.version)
             for group in opt.param_groups:
                 group["lr"] = lr
             x, y = next(self._train_iter)
@@ -191,6 +361,16 @@ class SupernetWorker:
             loss = self.criterion(logits, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            # one sync per step, taken after the backward is queued; a broken batch gets no step
+            if not bool(torch.isfinite(loss.detach())):
+                opt.zero_grad(set_to_none=True)
+                value = float(loss.detach())
+                diverged = {
+                    "diverged": True,
+                    "message": f"supernet loss became {value} at step {self.version + 1} (lr {lr:.4g}); "
+                               "lower supernet.lr or check the data",
+                }
+                break
             if cfg["grad_clip"]:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), cfg["grad_clip"])
             opt.step()
@@ -201,27 +381,48 @@ class SupernetWorker:
             seen += y.numel()
             if cfg["snapshot_every"] and self.version % cfg["snapshot_every"] == 0:
                 self.snapshot()
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - began
         self.seconds["train"] += seconds
-        if self.snapshot_path is not None and self.version > start_version:
-            self.snapshot()
-        steps_done = self.version - start_version
-        return {
+        row = {
             "version": self.version,
-            "steps": steps_done,
+            "steps": self.version - start_version,
             "train_loss": float(loss_sum.item() / seen) if seen else float("nan"),
             "train_acc": float(correct.item() / seen) if seen else float("nan"),
             "seconds": seconds,
             "samples_per_s": seen / seconds if seconds > 0 else 0.0,
-            "lr": restarted_cosine_lr(self.version, self.total_steps, cfg["lr"], cfg["lr_min"], cfg["lr_restarts"]),
+            "lr": self._lr(self.version),
             **extra,
             **policy_obj.export(),
         }
+        if diverged is not None:
+            row.update(diverged, train_loss=float("nan"))
+            return plain(row, "train row")
+        row = plain(row, "train row")
+        if self.snapshot_path is not None and self.version > start_version:
+            self._snapshot_version(row)
+        return row
+
+    def _replay(self, policy: dict | str, start: int, until: int) -> dict | None:
+        """The stored row of chunk ``start`` -> ``until`` under ``policy`` (its end state loaded),
+        or ``None`` when the per-version snapshot of ``until`` does not hold that chunk."""
+        path = self.version_path(until)
+        if path is None or not path.is_file():
+            return None
+        state = load_plain(path, map_location=self.device)
+        row = state.get("row")
+        if (not isinstance(row, dict) or int(row.get("version", -1)) != until
+                or until - int(row.get("steps", -1)) != start
+                or not _same(state["policy"]["spec"], plain(normalise_spec(policy), "policy"))):
+            return None  # another chunk (or policy) reached this version: train this one instead
+        self.load_state_dict(state)
+        self.reloads += 1
+        atomic_link(path, self.snapshot_path)  # snapshot.pt = where the supernet is now
+        return {**row, "replayed": True}
 
     # --- scoring --------------------------------------------------------------------------
     @torch.no_grad()
     def score(self, archs: Sequence, batches: int | None = 1, path_mode: str = "arch",
-              start: int | None = None) -> list[dict]:
+              start: int | None = None, *, version: int | None = None) -> list[dict]:
         """Valid accuracy and loss of each arch on the supernet, in eval mode.
 
         ``batches``: valid batches per arch, so consecutive candidates see different batches
@@ -232,6 +433,10 @@ class SupernetWorker:
         ``path_mode``: ``"arch"`` runs each arch's single path; ``"decoded"`` runs the mixture of
         all ops weighted by :func:`raynas.policies.decoded_weights` (EvNAS fitness). Rows keep
         ``arch`` = the arch's string either way.
+        ``version=V``: score at version V; a supernet elsewhere first loads V's per-version
+        snapshot (it stays at V afterwards; a later ``train(start=...)`` finds its own start).
+        Rows with ``start`` or ``batches=None`` then equal the original ones; the advancing stream
+        restarts where V's train call left it.
         """
         if path_mode not in PATH_MODES:
             raise ValueError(f"score: path_mode={path_mode!r}; expected one of {PATH_MODES}")
@@ -239,6 +444,8 @@ class SupernetWorker:
         outside = [str(a) for a in parsed if a not in self.space]
         if outside:
             raise ValueError(f"score: {len(outside)} archs outside this supernet's sub-space, e.g. {outside[0]}")
+        if version is not None and int(version) != self.version:
+            self.load_version(int(version))
         self.supernet.eval()
         rows = []
         for j, arch in enumerate(parsed):
@@ -310,20 +517,23 @@ class SupernetWorker:
             "seconds": dict(self.seconds),
             "restored_from": self.restored_from,
             "initialized_from": self.initialized_from,
+            "reloads": self.reloads,
+            "snapshot_versions": self.snapshot_versions(),
             "policy": self.policy.name,
         }
 
     def state_dict(self) -> dict:
+        """The full state: tensors and plain values only (loads with ``weights_only=True``)."""
         return {
             "format": SNAPSHOT_FORMAT,
             "version": self.version,
             "supernet": self.supernet.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "policy": {"spec": self.policy.spec, "state": self.policy.state_dict()},
-            "rng": self.rng.bit_generator.state,
+            "policy": plain({"spec": self.policy.spec, "state": self.policy.state_dict()}, "policy"),
+            "rng": plain(self.rng.bit_generator.state, "rng"),
             "torch_rng": torch.get_rng_state(),
-            "train_batches": self.train_batches.state_dict(),
-            "valid_batches": self.valid_batches.state_dict(),
+            "train_batches": plain(self.train_batches.state_dict(), "train_batches"),
+            "valid_batches": plain(self.valid_batches.state_dict(), "valid_batches"),
             "seconds": dict(self.seconds),
             "initialized_from": self.initialized_from,
         }
@@ -336,7 +546,7 @@ class SupernetWorker:
         self.policy = make_policy(state["policy"]["spec"], self.space, self.supernet.num_cells, self.device)
         self.policy.load_state_dict(state["policy"]["state"])
         self.rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         self.train_batches.load_state_dict(state["train_batches"])
         self.valid_batches.load_state_dict(state["valid_batches"])
         self._train_iter = self.train_batches.forever()
@@ -353,8 +563,45 @@ class SupernetWorker:
         atomic_torch_save(self.state_dict(), target)
         return str(target)
 
+    def _snapshot_version(self, row: dict) -> None:
+        """End of a train call: the state and its row to ``v{version}.pt`` (one write),
+        ``snapshot.pt`` made that same file, and version files beyond ``keep_versions`` removed."""
+        path = self.version_path(self.version)
+        atomic_torch_save({**self.state_dict(), "row": row}, path)
+        atomic_link(path, self.snapshot_path)
+        # version files beyond this one are another history's (a rewound supernet trained again):
+        # gone, so that every version file left is a state this supernet's history went through
+        versions = self.snapshot_versions()
+        stale = [v for v in versions if v > self.version]
+        keep = self.config["keep_versions"]
+        if keep is not None:
+            stale += [v for v in versions if v < self.version][: max(0, len(versions) - len(stale) - int(keep))]
+        for old in stale:
+            self.version_path(old).unlink(missing_ok=True)
+
+    def version_path(self, version: int) -> Path | None:
+        """Where the per-version snapshot of ``version`` is (``None`` without a snapshot_dir)."""
+        return self.snapshot_dir / version_file(version) if self.snapshot_dir is not None else None
+
+    def snapshot_versions(self) -> list[int]:
+        """The versions that have a per-version snapshot in snapshot_dir, ascending."""
+        if self.snapshot_dir is None or not self.snapshot_dir.is_dir():
+            return []
+        found = (_VERSION_FILE.match(p.name) for p in self.snapshot_dir.iterdir())
+        return sorted(int(m.group(1)) for m in found if m)
+
+    def load_version(self, version: int) -> None:
+        """Load the per-version snapshot of ``version`` (a re-issued unit addressed elsewhere)."""
+        path = self.version_path(version)
+        if path is None or not path.is_file():
+            where = self.snapshot_dir if self.snapshot_dir is not None else "snapshot_dir (none set)"
+            raise ValueError(f"the supernet is at version {self.version} but the unit asks for version {version}; "
+                             f"no snapshot of version {version} in {where}; the run's supernets/ folder is incomplete")
+        self.load_state_dict(load_plain(path, map_location=self.device))
+        self.reloads += 1
+
     def load_snapshot(self, path: str | os.PathLike) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+        self.load_state_dict(load_plain(path, map_location=self.device))
         self.restored_from = str(path)
 
     def init_from_parent(self, path: str | os.PathLike) -> dict:
@@ -362,7 +609,7 @@ class SupernetWorker:
         Returns the parent's policy (spec and state) for the caller to continue it."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"init_from={str(path)!r}: the parent supernet's snapshot does not exist (yet)")
-        state = torch.load(path, map_location=self.device, weights_only=False)
+        state = load_plain(path, map_location=self.device)
         self.supernet.load_state_dict(state["supernet"])
         self.initialized_from = str(path)
         return state["policy"]

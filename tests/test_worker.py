@@ -60,7 +60,7 @@ def test_snapshot_resume_continues_identically(tmp_path):
 def test_snapshot_every_n_steps(tmp_path):
     worker = make(tmp_path, snapshot_every=7)
     worker.train("uniform", until=10)
-    state = torch.load(tmp_path / "snapshot.pt", weights_only=False)
+    state = torch.load(tmp_path / "snapshot.pt", weights_only=True)
     assert state["version"] == 10  # the end-of-call snapshot follows the one at step 7
 
 
