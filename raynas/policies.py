@@ -5,17 +5,25 @@ dict, ``{"name": "uniform"}`` or ``{"name": "pool", "archs": [...], "weights": [
 actor builds it with :func:`make_policy`. A policy has its own state (saved in the actor's
 snapshots) and may take an extra step of its own after the weight step (SETN's alpha step).
 
-Methods add their policy with :func:`register_policy`; the name is what their work units carry.
+Every policy that runs inside the actor lives here, Ray-free (the worker imports this module
+without Ray): uniform, per-cell, pool, size-balanced (Balanced NAO), SETN's alpha policy and
+EvNAS's decoded round-robin. Searchers import their policy from here (never the reverse), and a
+policy's ``state_dict`` holds only tensors, numbers, strings, lists and dicts (the worker saves it
+with its snapshots, loaded with ``torch.load(weights_only=True)``). Further policies register with
+:func:`register_policy`; the name is what a work unit carries.
 """
 
 from __future__ import annotations
 
-import importlib
+import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from raynas.data import Batches
 from raynas.spaces import Space
 
 
@@ -192,14 +200,135 @@ class BalancedPolicy(Policy):
                 return self.space.arch(self._ops[edges, idx[kept[0]]].tolist())
 
 
+POLICIES: dict[str, Callable[..., Policy]] = {}
+
+
+def register_policy(cls):
+    """Class decorator: make a policy available to work units by its ``name`` (a second class
+    under a taken name warns and replaces the first)."""
+    if cls.name in POLICIES and POLICIES[cls.name] is not cls:
+        warnings.warn(f"training policy {cls.name!r} registered twice: {POLICIES[cls.name].__qualname__} is "
+                      f"replaced by {cls.__qualname__}", stacklevel=2)
+    POLICIES[cls.name] = cls
+    return cls
+
+
+def allowed_mask(allowed_ops, shape: tuple[int, int]) -> np.ndarray:
+    """(edges, ops) bool array: True where the (sub-)space allows the op on the edge."""
+    mask = np.zeros(shape, dtype=bool)
+    for e, ops in enumerate(allowed_ops):
+        mask[e, list(ops)] = True
+    return mask
+
+
+# --- SETN ---------------------------------------------------------------------------------------
+class SETNPolicy(Policy):
+    """Uniform single-path weight steps, each followed by an Adam step on alpha (SETN, Dong & Yang
+    2019; the loop is described in :mod:`raynas.searchers.setn`).
+
+    Options (the policy spec): ``seed`` (alpha's init and the alpha step's valid stream), ``lr``,
+    ``betas``, ``weight_decay``, ``eps`` (Adam on alpha), ``init_std`` (alpha = init_std * randn).
+    ``export()`` sends alpha (plain lists) and the chunk's mean arch loss/accuracy to the searcher.
+    """
+
+    name = "setn"
+
+    def __init__(self, space: Space, num_cells: int, *, device: Any = "cpu", seed: int = 0, lr: float = 3e-4,
+                 betas=(0.5, 0.999), weight_decay: float = 1e-3, eps: float = 1e-8, init_std: float = 1e-3) -> None:
+        super().__init__(space, num_cells, device=device)
+        if not lr > 0:
+            raise ValueError(f"policy 'setn': lr={lr!r}; must be > 0")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"policy 'setn': betas={betas!r}; expected two numbers in [0, 1)")
+        if weight_decay < 0 or init_std < 0 or not eps > 0:
+            raise ValueError(f"policy 'setn': weight_decay={weight_decay!r}, eps={eps!r}, init_std={init_std!r}; "
+                             "expected weight_decay >= 0, eps > 0, init_std >= 0")
+        self.seed = int(seed)
+        generator = torch.Generator().manual_seed(self.seed)
+        alpha = init_std * torch.randn(space.num_edges, space.num_ops, generator=generator)
+        self.alpha = alpha.to(device).requires_grad_(True)
+        self.optimizer = torch.optim.Adam([self.alpha], lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
+        mask = ~allowed_mask(space.allowed_ops, (space.num_edges, space.num_ops))
+        self._disallowed = torch.as_tensor(mask, device=device) if mask.any() else None
+        self._valid: Batches | None = None
+        self._valid_iter = None
+        self._valid_state: dict | None = None  # loaded before the stream exists (it needs the worker)
+        self._loss_sum = self._correct = None
+        self._seen = 0
+
+    # --- the alpha step -------------------------------------------------------------------
+    def arch_weights(self) -> torch.Tensor:
+        """softmax(alpha) per edge over its allowed ops: the (edges, ops) mixture weights."""
+        logits = self.alpha if self._disallowed is None else self.alpha.masked_fill(self._disallowed, -math.inf)
+        return logits.softmax(dim=-1)
+
+    def _next_valid(self, worker):
+        if self._valid is None:
+            split, size = worker.splits.valid, worker.config["batch_size"]
+            # full batches, as the official loader's (unless the split is smaller than one batch)
+            self._valid = Batches(split, size, shuffle=True, augment=worker.splits.info, seed=self.seed + 2,
+                                  drop_last=len(split.labels) >= size, device=worker.device)
+            if self._valid_state is not None:
+                self._valid.load_state_dict(self._valid_state)
+                self._valid_state = None
+            self._valid_iter = self._valid.forever()
+        return next(self._valid_iter)
+
+    def arch_step(self, worker, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One first-order Adam step on alpha from the joint forward on ``(x, y)``; the supernet's
+        parameters get no gradient. Returns the (detached) loss and logits."""
+        logits = worker.supernet(x, self.arch_weights())
+        loss = F.cross_entropy(logits, y)
+        (grad,) = torch.autograd.grad(loss, [self.alpha])
+        self.alpha.grad = grad
+        self.optimizer.step()
+        self.alpha.grad = None
+        return loss.detach(), logits.detach()
+
+    def after_step(self, worker, step: int) -> dict:
+        x, y = self._next_valid(worker)
+        loss, logits = self.arch_step(worker, x, y)
+        # summed on the device (no sync per step); the chunk's means go out through export()
+        if self._loss_sum is None:
+            self._loss_sum = torch.zeros((), device=loss.device)
+            self._correct = torch.zeros((), device=loss.device)
+        self._loss_sum += loss * y.numel()
+        self._correct += (logits.argmax(1) == y).sum()
+        self._seen += y.numel()
+        return {}
+
+    # --- what goes out and what is kept ---------------------------------------------------
+    def export(self) -> dict:
+        """alpha (plain lists) and the mean arch loss/accuracy since the previous export (the
+        worker exports once per ``train`` call)."""
+        out: dict = {"alpha": self.alpha.detach().cpu().tolist()}
+        if self._seen:
+            out["arch_loss"] = float(self._loss_sum.item() / self._seen)
+            out["arch_acc"] = float(self._correct.item() / self._seen)
+        self._loss_sum = self._correct = None
+        self._seen = 0
+        return out
+
+    def state_dict(self) -> dict:
+        valid = self._valid.state_dict() if self._valid is not None else self._valid_state
+        return {"alpha": self.alpha.detach().cpu().clone(), "optimizer": self.optimizer.state_dict(), "valid": valid}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.alpha.copy_(state["alpha"].to(self.alpha.device))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._valid, self._valid_iter, self._valid_state = None, None, state["valid"]
+
+
+# --- EvNAS --------------------------------------------------------------------------------------
 def decoded_weights(arch: Any, num_ops: int, device: Any = "cpu", *, allowed_ops=None) -> torch.Tensor:
     """EvNAS's decode of an arch into mixture weights: ``softmax(one_hot(arch))`` per edge.
 
     A float32 ``(num_edges, num_ops)`` tensor on ``device``: the arch's op gets ``e / (e + k - 1)``
     and each other op ``1 / (e + k - 1)``, ``k`` = the ops the edge allows (all 5 on NB201:
-    e/(e+4) ~ 0.405 and 1/(e+4) ~ 0.149), disallowed ops 0. Training (:class:`EvNASPolicy` in
-    ``raynas.searchers.evnas``) and scoring (``SupernetWorker.score(path_mode="decoded")``) both
-    call this, so the two cannot drift. ``arch``: an object with ``.ops`` or a sequence of op indices.
+    e/(e+4) ~ 0.405 and 1/(e+4) ~ 0.149), disallowed ops 0. Training (:class:`EvNASPolicy`) and
+    scoring (``SupernetWorker.score(path_mode="decoded")``) both call this, so the two cannot
+    drift. ``arch``: an object with ``.ops`` or a sequence of op indices.
     """
     ops = tuple(int(o) for o in (arch.ops if hasattr(arch, "ops") else arch))
     logits = torch.full((len(ops), num_ops), -torch.inf, dtype=torch.float64)
@@ -212,33 +341,42 @@ def decoded_weights(arch: Any, num_ops: int, device: Any = "cpu", *, allowed_ops
     return torch.softmax(logits, dim=-1).to(device=device, dtype=torch.float32)
 
 
-POLICIES: dict[str, Callable[..., Policy]] = {}
+class EvNASPolicy(Policy):
+    """EvNAS (Sinha & Chen 2020): the step at version ``s`` trains individual ``(s - start) % P``
+    of ``archs``, decoded (:func:`decoded_weights`).
+
+    ``archs``: the population's argmax archs in population order (strings or op tuples: the
+    decoded weights depend only on the argmax); ``start``: the generation's first version, so the
+    round-robin restarts each generation as the official per-epoch ``step % pop_size`` does.
+    The weights are built once per policy, on the device; ``path`` allocates nothing. Stateless.
+    """
+
+    name = "evnas"
+
+    def __init__(self, space, num_cells: int, *, archs, start: int = 0, device: Any = "cpu") -> None:
+        super().__init__(space, num_cells, device=device)
+        if not archs:
+            raise ValueError("policy 'evnas': archs is empty; expected the population's archs")
+        self.archs = [space.parse(a) for a in archs]
+        self.start = int(start)
+        decoded: dict = {}
+        for arch in self.archs:
+            if arch not in decoded:
+                decoded[arch] = decoded_weights(arch, space.num_ops, device, allowed_ops=space.allowed_ops)
+        self.weights = [decoded[a] for a in self.archs]
+
+    def path(self, rng: np.random.Generator, step: int):
+        return self.weights[(step - self.start) % len(self.weights)]
 
 
-def register_policy(cls):
-    """Class decorator: make a policy available to work units by its ``name``."""
-    POLICIES[cls.name] = cls
-    return cls
-
-
-for _cls in (Policy, PerCellPolicy, PoolPolicy, BalancedPolicy):
+for _cls in (Policy, PerCellPolicy, PoolPolicy, BalancedPolicy, SETNPolicy, EvNASPolicy):
     register_policy(_cls)
 
 
-#: policies that live in a method's own searcher file: imported (and so registered) on first use
-POLICY_MODULES: dict[str, str] = {
-    "setn": "raynas.searchers.setn",
-    "evnas": "raynas.searchers.evnas",
-}
-
-
 def make_policy(spec: dict | str, space: Space, num_cells: int, device: Any = "cpu") -> Policy:
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    spec = dict(spec)
+    """The policy a work unit's spec names (``"uniform"`` or ``{"name": ..., **options}``)."""
+    spec = normalise_spec(spec)
     name = spec.pop("name", None)
-    if name not in POLICIES and name in POLICY_MODULES:
-        importlib.import_module(POLICY_MODULES[name])
     if name not in POLICIES:
         raise ValueError(f"unknown training policy {name!r}; expected one of: {', '.join(sorted(POLICIES))}")
     policy = POLICIES[name](space, num_cells, device=device, **spec)
@@ -248,4 +386,5 @@ def make_policy(spec: dict | str, space: Space, num_cells: int, device: Any = "c
 
 
 def normalise_spec(spec: dict | str) -> dict:
+    """A policy spec as a dict (a bare name ``"uniform"`` -> ``{"name": "uniform"}``), a copy."""
     return {"name": spec} if isinstance(spec, str) else dict(spec)

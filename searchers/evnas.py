@@ -8,7 +8,7 @@ weighs e/(e+4) ~ 0.405 and each other op 1/(e+4) ~ 0.149, and every op runs
 
 1. train the shared supernet for one epoch, batch ``s`` of the generation on individual ``s mod P``
    (the population inherits the weights of all earlier generations): a ``train`` unit under the
-   ``"evnas"`` policy (:class:`EvNASPolicy`);
+   ``"evnas"`` policy (:class:`raynas.policies.EvNASPolicy`, run inside the actor);
 2. fitness: the top-1 accuracy of each decoded individual on the whole valid split in eval mode
    (``score_batches=None``; a number of batches is allowed): a ``score`` unit with
    ``path_mode="decoded"``, a barrier before evolving;
@@ -37,36 +37,24 @@ Deviations:
 - The whole valid split is read in a fixed order (the official loader reshuffles it for every
   individual); with batch-statistics BN (``bn_mode="batch"``, the official
   ``track_running_stats=False``) the batch composition moves accuracies slightly.
+- Work is cut into units: per generation one ``train`` unit (``train/0/U``) and one ``score``
+  cohort (``score/gG``) addressed by the generation's end version, so a resumed search scores each
+  generation at the same version as an uninterrupted one; a cohort that comes back short
+  re-issues its missing archs (``score/gG/restN``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
-from ray.tune.search import Searcher
 
 from raynas.checks import require_at_least_one
-from raynas.policies import Policy, decoded_weights, register_policy
-from raynas.searchers.base import WorkUnitSearcher
+# the policy runs inside the actor, so it lives with the actor side (Ray-free); re-exported here
+from raynas.policies import EvNASPolicy, decoded_weights
+from raynas.searchers.base import SupernetSearcher
 
-PRESETS = {
-    # digits on 2 CPU cores in a few minutes: 10 generations of 2 epochs (16 steps each), 8 individuals
-    "small": {
-        "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=512, epochs=20, lr=0.025, lr_min=0.001,
-                         weight_decay=3e-4, grad_clip=5.0),
-        "searcher": dict(population_size=8, generations=10, tournament_size=3, num_elites=1, mutation_rate=0.1,
-                         score_batches=None, standalone=dict(C=8, N=1, epochs=15, batch_size=64)),
-    },
-    # the official NB201 script: 50 generations = 50 epochs, population 50, tournaments of 10
-    "paper": {
-        "supernet": dict(C=16, N=5, batch_size=64, valid_batch_size=1024, epochs=50, lr=0.025, lr_min=0.001,
-                         weight_decay=3e-4, grad_clip=5.0),
-        "searcher": dict(population_size=50, generations=50, tournament_size=10, num_elites=1, mutation_rate=0.1,
-                         score_batches=None, standalone=dict(C=16, N=5, epochs=200, batch_size=256)),
-    },
-}
+from raynas.searchers.presets import EVNAS_PRESETS as PRESETS  # defined Ray-free there (raynas.settings reads them)
 
 
 # --- the genetic operators (pure functions of numpy arrays and a Generator) -----------------------
@@ -103,42 +91,13 @@ def evolve(population: np.ndarray, fitness: np.ndarray, *, num_elites: int, tour
     return np.stack(children)
 
 
-# --- the training policy, run inside the supernet actor -----------------------------------------
-@register_policy
-class EvNASPolicy(Policy):
-    """The step at version ``s`` trains individual ``(s - start) % P`` of ``archs``, decoded.
-
-    ``archs``: the population's argmax archs in population order (strings or op tuples: the
-    decoded weights depend only on the argmax); ``start``: the generation's first version, so the
-    round-robin restarts each generation as the official per-epoch ``step % pop_size`` does.
-    The weights are built once per policy, on the device; ``path`` allocates nothing.
-    """
-
-    name = "evnas"
-
-    def __init__(self, space, num_cells: int, *, archs, start: int = 0, device: Any = "cpu") -> None:
-        super().__init__(space, num_cells, device=device)
-        if not archs:
-            raise ValueError("policy 'evnas': archs is empty; expected the population's archs")
-        self.archs = [space.parse(a) for a in archs]
-        self.start = int(start)
-        decoded: dict = {}
-        for arch in self.archs:
-            if arch not in decoded:
-                decoded[arch] = decoded_weights(arch, space.num_ops, device, allowed_ops=space.allowed_ops)
-        self.weights = [decoded[a] for a in self.archs]
-
-    def path(self, rng: np.random.Generator, step: int):
-        return self.weights[(step - self.start) % len(self.weights)]
-
-
 # --- the searcher ---------------------------------------------------------------------------------
-class EvNASSearcher(WorkUnitSearcher):
+class EvNASSearcher(SupernetSearcher):
     """Evolves a population of chromosomes on a shared supernet; the fittest is trained standalone."""
 
     method = "evnas"
-    _state_keys = ("population_", "generation_", "phase_", "trained_until_", "scores_", "diverged_",
-                   "history_", "final_arch_", "standalone_")
+    _state_keys = SupernetSearcher._state_keys + ("population_", "generation_", "diverged_", "history_",
+                                                  "final_arch_")
 
     def __init__(
         self,
@@ -156,7 +115,7 @@ class EvNASSearcher(WorkUnitSearcher):
         seed: int = 0,
         max_concurrent: int = 4,
     ) -> None:
-        super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
+        super().__init__(standalone=standalone, space=space, seed=seed, max_concurrent=max_concurrent)
         require_at_least_one(total_steps=total_steps, population_size=population_size, generations=generations,
                              tournament_size=tournament_size)
         if tournament_size > population_size:
@@ -178,19 +137,15 @@ class EvNASSearcher(WorkUnitSearcher):
         self.num_elites = int(num_elites)
         self.mutation_rate = float(mutation_rate)
         self.score_batches = score_batches
-        self.standalone = dict(standalone or {})
         self.supernet = supernet
+        self.trained_ = {self.supernet: 0}
         shape = (self.population_size, self.space_.num_edges, self.space_.num_ops)
         self.population_: np.ndarray = self.rng_.random(shape)
         self.generation_ = 0
-        self.phase_ = "train"
-        self.trained_until_ = 0
-        self.scores_: dict[str, float] = {}
         self.diverged_: set[str] = set()
         #: per generation: {"generation", "archs" (population order), "fitness"}
         self.history_: list[dict] = []
         self.final_arch_: str | None = None
-        self.standalone_: dict | None = None
 
     # --- helpers --------------------------------------------------------------------------
     def archs(self, population: np.ndarray | None = None) -> list[str]:
@@ -201,33 +156,32 @@ class EvNASSearcher(WorkUnitSearcher):
     def _boundary(self, generation: int) -> int:
         return generation * self.total_steps // self.generations
 
-    def _score_unit(self, archs: list[str]) -> dict:
-        return {"kind": "score", "supernet": self.supernet, "archs": archs, "batches": self.score_batches,
-                "path_mode": "decoded"}
-
     # --- the loop -------------------------------------------------------------------------
     def _next_unit(self):
-        if self.live_:
-            return None  # every phase is a barrier: training, fitness, evolving are sequential
         if self.phase_ == "train":
             start, until = self._boundary(self.generation_), self._boundary(self.generation_ + 1)
-            if self.trained_until_ < until:
-                return {"kind": "train", "supernet": self.supernet, "until": until,
-                        "policy": {"name": "evnas", "archs": self.archs(), "start": start}}
+            if self.trained_[self.supernet] < until:
+                if self._pending():
+                    return None  # every phase is a barrier: training, fitness, evolving are sequential
+                return self._train_unit(self.supernet, until,
+                                        {"name": "evnas", "archs": self.archs(), "start": start})
+            if self._pending():
+                return None
             self.phase_ = "score"
-            self.scores_ = {}
-            return self._score_unit(list(dict.fromkeys(self.archs())))
+            # each distinct arch once, on the whole valid split (or from batch 0): one cohort per generation
+            self._start_round(self._make_cohorts(list(dict.fromkeys(self.archs())), key=f"score/g{self.generation_}",
+                                                 supernet=self.supernet, batches=self.score_batches,
+                                                 path_mode="decoded"))
         if self.phase_ == "score":
-            missing = [a for a in dict.fromkeys(self.archs()) if a not in self.scores_]
-            if missing:  # a cohort came back short: score what is missing
-                return self._score_unit(missing)
+            unit = self._next_cohort()
+            if unit is not None:
+                return unit
+            if not self._round_scored():
+                return None  # a barrier (a short cohort's missing archs come back through the base)
             self._end_generation()
             return self._next_unit()  # the next generation's training, or the final standalone
         if self.phase_ == "standalone":
-            self.phase_ = "final"
-            return {"kind": "standalone", "arch": self.final_arch_, "role": "final", **self.standalone}
-        if self.phase_ == "final":
-            return Searcher.FINISHED if self.standalone_ is not None else None
+            return self._final_units(self.picks_)
         return None
 
     def _end_generation(self) -> None:
@@ -242,6 +196,7 @@ class EvNASSearcher(WorkUnitSearcher):
             self.phase_ = "train"
             return
         self.final_arch_ = self._pick_final(archs, fitness)
+        self.picks_ = [self.final_arch_]
         self.phase_ = "standalone"
 
     def _pick_final(self, archs: list[str], fitness: np.ndarray) -> str:
@@ -262,21 +217,21 @@ class EvNASSearcher(WorkUnitSearcher):
                 self.diverged_.add(result["arch"])
         super().on_trial_result(trial_id, result)
 
-    def _on_row(self, unit: dict, row: dict) -> None:
-        if unit["kind"] == "score" and "arch" in row:
-            self.scores_[row["arch"]] = float(row.get("valid_acc", 0.0))
-
-    def _on_complete(self, unit: dict, row: dict) -> None:
-        if unit["kind"] == "train":
-            self.trained_until_ = max(self.trained_until_, int(row.get("version", unit["until"])))
-        elif unit["kind"] == "standalone":
-            self.standalone_ = row
-
     @property
     def best_arch(self) -> str | None:
         """The final arch (the last generation's fittest), once the generations are done."""
         return self.final_arch_
 
+    def _progress(self) -> str:
+        line = super()._progress()
+        if self.phase_ in ("train", "score"):
+            return f"generation {self.generation_ + 1}/{self.generations}, {line}"
+        return line
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(population_size={self.population_size}, generations={self.generations}, "
                 f"tournament_size={self.tournament_size}, seed={self.seed!r})")
+
+
+__all__ = ["PRESETS", "EvNASPolicy", "EvNASSearcher", "crossover", "decoded_weights", "evolve", "mutate",
+           "tournament"]

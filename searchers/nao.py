@@ -24,8 +24,8 @@ The EPD is fitted inside ``suggest``, on the Tune driver's CPU: Tune's loop wait
 The ``small`` preset keeps it to seconds (50 epochs on ~100 archs); ``paper`` states the paper's
 1,000 epochs, minutes per iteration on one CPU core with 1,000-1,900 archs and their isomorphic
 copies. All EPD randomness (init, split, shuffles, augmentation draws) comes from a local torch
-Generator seeded from the searcher's RNG; the EPD's weights (CPU tensors) are searcher state and
-carry over from one iteration to the next, as the official model does (a fresh Adam each fit).
+Generator seeded from the searcher's RNG; the EPD's weights (as numpy arrays: plain values) are
+searcher state and carry over from one iteration to the next, as the official model does (a fresh Adam each fit).
 
 Adaptation to NB201:
 - Token sequence: the 6 edges in the benchmark's row order, token = op index + 1 (vocabulary 6;
@@ -55,9 +55,13 @@ Deviations:
   (the official division by zero gives NaN).
 - The 10% hold-out only measures the predictor (pairwise accuracy, in ``history_``), as in the
   official code; it is not used for early stopping.
-- Work is cut into units: training chunks of ``chunk_steps`` and scoring cohorts of
-  ``cohort_size``; each scored arch sees its own valid batch, fixed by its position in the cohort
-  (the official code draws a fresh random batch per arch).
+- Work is cut into units: training chunks of ``chunk_steps`` (``train/0/U``) and scoring cohorts
+  of ``cohort_size`` (``score/iI/cJ``), each scored at the iteration's end version; a cohort that
+  comes back short re-issues its missing archs. Each scored arch sees its own valid batches, fixed
+  by its position in the iteration's scoring list after those of earlier iterations (the official
+  code draws a fresh random batch per arch).
+- The ``top_k`` picks compute distinct functions (algebraic canonical key): an isomorphic pick is
+  skipped and the next distinct arch trains instead.
 """
 
 from __future__ import annotations
@@ -72,30 +76,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.checks import require_at_least_one
-from raynas.searchers.base import WorkUnitSearcher
+from raynas.searchers.base import SupernetSearcher
 
 logger = logging.getLogger(__name__)
 
-PRESETS = {
-    # finishes on 2 CPU cores in a few minutes on digits
-    "small": {
-        "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=200, epochs=20, lr_restarts=2, lr=0.025,
-                         lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0),
-        "searcher": dict(iterations=2, seed_archs=60, new_archs=20, top_archs=20, chunk_steps=80, cohort_size=40,
-                         score_batches=1, top_k=5, epd_epochs=50, expand=4,
-                         standalone=dict(C=8, N=1, epochs=6, batch_size=64)),
-    },
-    # the paper: 4 iterations of 50 epochs, 1000 seed archs then 300 new ones, EPD 1000 epochs,
-    # top 5 re-ranked by 10 epochs of standalone training (the official re-ranking recipe)
-    "paper": {
-        "supernet": dict(C=16, N=5, batch_size=64, valid_batch_size=500, epochs=200, lr_restarts=4, lr=0.025,
-                         lr_min=0.001, momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0),
-        "searcher": dict(iterations=4, seed_archs=1000, new_archs=300, top_archs=100, chunk_steps=500,
-                         cohort_size=100, score_batches=1, top_k=5, epd_epochs=1000, expand=10,
-                         standalone=dict(C=16, N=5, epochs=10, batch_size=64, lr=0.025, lr_min=0.001,
-                                         nesterov=False, weight_decay=3e-4)),
-    },
-}
+from raynas.searchers.presets import NAO_PRESETS as PRESETS  # defined Ray-free there (raynas.settings reads them)
 
 INIT_RANGE = 0.04  # the official EPD's uniform init
 
@@ -279,13 +264,13 @@ def one_torch_thread():
 
 
 # --- the searcher -----------------------------------------------------------------------------------
-class NAOSearcher(WorkUnitSearcher):
+class NAOSearcher(SupernetSearcher):
     """Balanced one-shot NAO on NB201: balanced supernet training on a pool, supernet scores,
     EPD-generated pools, top-k standalone re-ranking. See the module docstring."""
 
     method = "nao"
-    _state_keys = ("iteration_", "phase_", "pool_", "archs_", "trained_until_", "to_score_", "issued_upto_",
-                   "round_scores_", "scores_", "epd_state_", "history_", "picks_", "standalone_")
+    _state_keys = SupernetSearcher._state_keys + ("iteration_", "pool_", "archs_", "latest_", "score_offset_",
+                                                  "epd_state_", "history_")
 
     def __init__(
         self,
@@ -316,7 +301,7 @@ class NAOSearcher(WorkUnitSearcher):
         seed: int = 0,
         max_concurrent: int = 4,
     ) -> None:
-        super().__init__(space=space, seed=seed, max_concurrent=max_concurrent)
+        super().__init__(standalone=standalone, space=space, seed=seed, max_concurrent=max_concurrent)
         require_at_least_one(total_steps=total_steps, iterations=iterations, seed_archs=seed_archs, new_archs=new_archs,
                              top_archs=top_archs, max_step_size=max_step_size, chunk_steps=chunk_steps,
                              cohort_size=cohort_size, top_k=top_k, epd_batch_size=epd_batch_size, expand=expand,
@@ -331,6 +316,8 @@ class NAOSearcher(WorkUnitSearcher):
             raise ValueError(f"trade_off={trade_off!r}; must be in [0, 1]")
         if not 0.0 <= valid_fraction < 1.0:
             raise ValueError(f"valid_fraction={valid_fraction!r}; must be in [0, 1)")
+        if score_batches is not None and int(score_batches) < 1:
+            raise ValueError(f"score_batches={score_batches!r}; must be >= 1, or None for the whole valid split")
         room = len(self.space_) - int(seed_archs) - (int(iterations) - 1) * int(new_archs)
         if room < 0:
             raise ValueError(f"seed_archs={seed_archs} + (iterations - 1) * new_archs={new_archs} exceeds the "
@@ -347,7 +334,6 @@ class NAOSearcher(WorkUnitSearcher):
         self.rescore = bool(rescore)
         self.size_floor = size_floor
         self.top_k = int(top_k)
-        self.standalone = dict(standalone or {})
         self.epd_epochs = int(epd_epochs)
         self.epd_batch_size = int(epd_batch_size)
         self.epd_lr = float(epd_lr)
@@ -358,21 +344,17 @@ class NAOSearcher(WorkUnitSearcher):
         self.emb_size = int(emb_size)
         self.hidden_size = int(hidden_size)
         self.iteration_ = 0
-        self.phase_ = "train"
         self.pool_ = [str(a) for a in self.sample_distinct(self.seed_archs)]
         #: every arch of every pool so far, in the order they joined (the cumulative pool)
         self.archs_ = list(self.pool_)
-        self.trained_until_ = 0
-        self.to_score_: list[str] = []
-        self.issued_upto_ = 0
-        self.round_scores_: dict[str, float] = {}
-        #: arch -> its latest supernet score
-        self.scores_: dict[str, float] = {}
-        self.epd_state_: dict[str, torch.Tensor] | None = None
+        #: arch -> its latest supernet score (``scores_``: this iteration's)
+        self.latest_: dict[str, float] = {}
+        #: archs scored in earlier iterations: where this iteration's valid batches start
+        self.score_offset_ = 0
+        #: the EPD's weights as numpy arrays (plain state), carried from one iteration to the next
+        self.epd_state_: dict[str, np.ndarray] | None = None
         #: per fitted iteration: EPD losses, hold-out pairwise accuracy, generation counts
         self.history_: list[dict] = []
-        self.picks_: list[str] = []
-        self.standalone_: dict[str, dict] = {}
         self._iso_groups: dict | None = None  # canonical key -> archs (derived from the space; not state)
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -389,47 +371,37 @@ class NAOSearcher(WorkUnitSearcher):
     def _next_unit(self):
         if self.phase_ == "train":
             end = self.iteration_end(self.iteration_)
-            if self.trained_until_ < end:
-                if self._live("train"):
-                    return None  # chunks are sequential: each continues the previous one's weights
-                return {"kind": "train", "supernet": 0, "until": min(self.trained_until_ + self.chunk_steps, end),
-                        "policy": self.policy_spec()}
+            if self.trained_[0] < end:
+                return self._train_unit(0, min(self.trained_[0] + self.chunk_steps, end), self.policy_spec())
             self.phase_ = "score"
-            self.to_score_ = list(self.archs_) if self.rescore else [a for a in self.archs_ if a not in self.scores_]
-            self.issued_upto_ = 0
-            self.round_scores_ = {}
+            to_score = list(self.archs_) if self.rescore else [a for a in self.archs_ if a not in self.latest_]
+            self._start_round(self._make_cohorts(to_score, key=f"score/i{self.iteration_}", batches=self.score_batches,
+                                                 cohort_size=self.cohort_size, first=self.score_offset_))
         if self.phase_ == "score":
-            if self.issued_upto_ < len(self.to_score_):
-                cohort = self.to_score_[self.issued_upto_:self.issued_upto_ + self.cohort_size]
-                self.issued_upto_ += len(cohort)
-                return {"kind": "score", "supernet": 0, "batches": self.score_batches, "archs": cohort}
-            if self._live("score"):
+            unit = self._next_cohort()
+            if unit is not None:
+                return unit
+            if not self._round_scored():
                 return None
-            self.scores_.update(self.round_scores_)
+            self.latest_.update(self.scores_)
+            self.score_offset_ += len(self._round_archs())
             if self.iteration_ + 1 < self.iterations:
                 self._fit_and_generate()
                 self.iteration_ += 1
                 self.phase_ = "train"
                 return self._next_unit()
-            self.picks_ = sorted(self.archs_, key=lambda a: self.scores_[a], reverse=True)[: self.top_k]
+            ranked = sorted(self.archs_, key=lambda a: self.latest_[a], reverse=True)
+            self.picks_ = self.distinct_functions(ranked, self.top_k)
             self.phase_ = "standalone"
         if self.phase_ == "standalone":
             return self._final_units(self.picks_)
         return None
 
-    def _on_row(self, unit: dict, row: dict) -> None:
-        if unit["kind"] == "score" and "arch" in row and self.phase_ == "score":
-            self.round_scores_[row["arch"]] = row["valid_acc"]
-
-    def _on_complete(self, unit: dict, row: dict) -> None:
-        if unit["kind"] == "train":
-            self.trained_until_ = max(self.trained_until_, int(row.get("version", unit["until"])))
-        elif unit["kind"] == "score":
-            # a cohort that came back short: its missing archs go out again in another cohort
-            waiting = set(self.to_score_[self.issued_upto_:])
-            self.to_score_.extend(a for a in unit["archs"] if a not in self.round_scores_ and a not in waiting)
-        elif unit["kind"] == "standalone":
-            self.standalone_[unit["arch"]] = row
+    def _progress(self) -> str:
+        line = super()._progress()
+        if self.phase_ in ("train", "score"):
+            return f"iteration {self.iteration_ + 1}/{self.iterations}, {line}"
+        return line
 
     # --- the EPD ----------------------------------------------------------------------------------
     def _isomorphic(self, arch) -> list:
@@ -463,11 +435,11 @@ class NAOSearcher(WorkUnitSearcher):
     def _epd_iteration(self) -> None:
         space = self.space_
         archs = [space.parse(a) for a in self.archs_]
-        targets = minmax_normalise([self.scores_[a] for a in self.archs_])
+        targets = minmax_normalise([self.latest_[a] for a in self.archs_])
         g = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
         model = build_epd(space.num_ops, space.num_edges, g, emb_size=self.emb_size, hidden_size=self.hidden_size)
         if self.epd_state_ is not None:
-            model.load_state_dict(self.epd_state_)
+            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.epd_state_.items()})
         perm = torch.randperm(len(archs), generator=g).tolist()
         n_valid = int(len(archs) * self.valid_fraction)
         train_idx, valid_idx = perm[: len(archs) - n_valid], perm[len(archs) - n_valid:]
@@ -479,9 +451,9 @@ class NAOSearcher(WorkUnitSearcher):
             with torch.no_grad():
                 pred = model.predict(model.encode(arch_tokens([archs[i] for i in valid_idx]))).tolist()
             log["valid_pairwise_acc"] = pairwise_accuracy([targets[i] for i in valid_idx], pred)
-        self.epd_state_ = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.epd_state_ = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
-        ranked = sorted(self.archs_, key=lambda a: self.scores_[a], reverse=True)[: self.top_archs]
+        ranked = sorted(self.archs_, key=lambda a: self.latest_[a], reverse=True)[: self.top_archs]
         new, info = generate_archs(model, space, [space.parse(a) for a in ranked], count=self.new_archs,
                                    exclude=archs, max_step_size=self.max_step_size)
         generated = len(new)
@@ -497,10 +469,3 @@ class NAOSearcher(WorkUnitSearcher):
         logger.info("nao iteration %d: %s", self.iteration_, entry)
         self.pool_ = [str(a) for a in new]
         self.archs_.extend(self.pool_)
-
-    @property
-    def best_arch(self) -> str | None:
-        """The winner: best standalone valid accuracy among the picks (``None`` until known)."""
-        if not self.standalone_:
-            return None
-        return max(self.standalone_, key=lambda a: self.standalone_[a].get("valid_acc", 0.0))

@@ -1,7 +1,8 @@
 """Random search over standalone training: the baseline that shares no weights.
 
-``num_samples`` distinct uniform archs, each trained from scratch with the benchmark's recipe
-(scaled epochs); the best valid accuracy wins. No supernet.
+``num_samples`` uniform archs computing distinct functions (the space's algebraic canonical key:
+isomorphic archs are drawn once), each trained from scratch with the benchmark's recipe (scaled
+epochs, unit ``standalone/ARCH``); the best valid accuracy wins. No supernet.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from ray.tune.search import Searcher
 
 from raynas.searchers.base import WorkUnitSearcher
 
-PRESETS = {
-    "small": {"searcher": dict(num_samples=4, standalone=dict(C=8, N=1, epochs=15, batch_size=64))},
-    "paper": {"searcher": dict(num_samples=100, standalone=dict(C=16, N=5, epochs=200, batch_size=256))},
-}
+from raynas.searchers.presets import RANDOM_PRESETS as PRESETS  # defined Ray-free there (raynas.settings reads them)
 
 
 class RandomSearcher(WorkUnitSearcher):
@@ -30,15 +28,26 @@ class RandomSearcher(WorkUnitSearcher):
             raise ValueError(f"num_samples={num_samples!r}; must be >= 1")
         self.num_samples = int(num_samples)
         self.standalone = dict(standalone or {})
-        self.archs_ = [str(a) for a in self.sample_distinct(self.num_samples)]
+        self.archs_ = [str(a) for a in self.sample_distinct(self.num_samples, functions=True)]
         self.issued_ = 0
         self.standalone_: dict[str, dict] = {}
 
     def _next_unit(self):
         if self.issued_ < len(self.archs_):
             self.issued_ += 1
-            return {"kind": "standalone", "arch": self.archs_[self.issued_ - 1], "role": "final", **self.standalone}
+            return self._standalone_unit(self.archs_[self.issued_ - 1])
         return Searcher.FINISHED
 
     def _on_complete(self, unit: dict, row: dict) -> None:
         self.standalone_[unit["arch"]] = row
+
+    @property
+    def best_arch(self) -> str | None:
+        """The best standalone valid accuracy so far (``None`` before the first training)."""
+        return self._best_standalone()
+
+    def _phase(self) -> str:
+        return "standalone"
+
+    def _progress(self) -> str:
+        return f"phase standalone: {len(self.standalone_)}/{len(self.archs_)} archs trained"

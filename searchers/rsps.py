@@ -3,12 +3,17 @@
 The loop (METHODS.md, SETN section: "RSPS = same loop with 100 uniformly random candidates"):
 train the supernet with uniform single paths; score ``num_candidates`` uniformly random distinct
 archs, each on ``score_batches`` valid batches (each candidate its own batches, fixed by its
-position in the cohort); train the ``top_k`` best from scratch; the best standalone valid accuracy wins.
+position in the candidate list); train the ``top_k`` best from scratch; the best standalone valid
+accuracy wins.
 
 Deviations:
 - Candidates are distinct (the benchmark's loop may draw one twice).
+- The ``top_k`` picks compute distinct functions: a pick isomorphic to a better one (same
+  algebraic canonical key) is skipped and the next distinct candidate trains instead (the
+  benchmark's loop would train the same function twice).
 - Work is cut into units: training chunks of ``chunk_steps`` and scoring cohorts of
-  ``cohort_size``; the result is the same as one long loop.
+  ``cohort_size`` (a cohort that comes back short re-issues its missing archs); the result is
+  the same as one long loop.
 
 ``candidates=[...]`` scores exactly those archs instead of random ones, and the ``rank`` preset
 scores them on the whole valid split and trains nothing standalone: a ranking run, whose scores
@@ -21,30 +26,7 @@ from typing import Sequence
 
 from raynas.searchers.base import OneShotSearcher
 
-PRESETS = {
-    # finishes on 2 CPU cores in a few minutes on digits (the README's main job)
-    "small": {
-        "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=128, epochs=30, lr=0.025, lr_min=0.001,
-                         weight_decay=5e-4, grad_clip=5.0),
-        "searcher": dict(chunk_steps=160, num_candidates=30, cohort_size=30, score_batches=1, top_k=2,
-                         standalone=dict(C=8, N=1, epochs=15, batch_size=64)),
-    },
-    # ranking runs against truth/fashion-mnist16.parquet (same data and network: run it with
-    # --dataset fashion-mnist --data-option resolution=16 --data-option train_size=6000 and
-    # --candidates TRUTH): 30 epochs of 93 steps, every candidate on the whole valid split
-    "rank": {
-        "supernet": dict(C=8, N=1, batch_size=64, valid_batch_size=500, epochs=30, lr=0.025, lr_min=0.001,
-                         weight_decay=5e-4, grad_clip=5.0),
-        "searcher": dict(chunk_steps=470, num_candidates=None, cohort_size=10, score_batches=None, top_k=0),
-    },
-    # the benchmark's settings (SETN paper's RSPS): 250 epochs, batch 64, 100 candidates on one batch of 512
-    "paper": {
-        "supernet": dict(C=16, N=5, batch_size=64, valid_batch_size=512, epochs=250, lr=0.025, lr_min=0.001,
-                         weight_decay=5e-4, grad_clip=5.0),
-        "searcher": dict(chunk_steps=500, num_candidates=100, cohort_size=100, score_batches=1, top_k=1,
-                         standalone=dict(C=16, N=5, epochs=200, batch_size=256)),
-    },
-}
+from raynas.searchers.presets import RSPS_PRESETS as PRESETS  # defined Ray-free there (raynas.settings reads them)
 
 
 class RSPSSearcher(OneShotSearcher):

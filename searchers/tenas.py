@@ -22,9 +22,10 @@ NB201 from 4 ops to 1 per edge; that arch is trained standalone (role "final").
 
 Work units: each round's masks (the full one first, then one per candidate) are split into
 ``proxy`` units of ``masks_per_unit`` (default: spread over ``max_concurrent`` units) that run in
-parallel; all units of a round share the round's seed (drawn from the searcher's RNG), so the full
-mask's value of repeat ``r`` pairs with every candidate's repeat ``r``. The searcher waits for
-the whole round (a barrier), prunes, and starts the next.
+parallel (keys ``proxy/rR/J``); all units of a round share the round's seed (drawn from the
+searcher's RNG), so the full mask's value of repeat ``r`` pairs with every candidate's repeat
+``r``. The searcher waits for the whole round (a barrier), prunes, and starts the next; a proxy
+unit that comes back short re-issues its missing masks (``proxy/rR/J/restN``).
 
 Deviations:
 - One set of ``repeats`` inits and batches per round, shared by all candidates (the official code
@@ -53,14 +54,7 @@ from scipy.stats import rankdata
 from raynas.searchers.base import WorkUnitSearcher
 from raynas.spaces.nb201 import EDGE_NAMES, NUM_EDGES, NUM_OPS, OP_NAMES
 
-PRESETS = {
-    # digits on 2 CPU cores in a few minutes: smaller NTK batch, 2 repeats, fewer crops
-    "small": {"searcher": dict(ntk_batch=16, repeats=2, region_samples=500, region_batches=2,
-                               standalone=dict(C=8, N=1, epochs=15, batch_size=64))},
-    # the official launcher's settings: batch 72, 3 repeats, 3 x 1000 crops, precision 3
-    "paper": {"searcher": dict(ntk_batch=72, repeats=3, region_samples=1000, region_batches=3,
-                               standalone=dict(C=16, N=5, epochs=200, batch_size=256))},
-}
+from raynas.searchers.presets import TENAS_PRESETS as PRESETS  # defined Ray-free there (raynas.settings reads them)
 
 FULL = "full"
 _NONE = 0
@@ -201,8 +195,9 @@ class TENASSearcher(WorkUnitSearcher):
     def _proxy_unit(self) -> dict:
         size = self.masks_per_unit or math.ceil(len(self.round_masks_) / self.max_concurrent)
         chunk = self.round_masks_[self.issued_:self.issued_ + size]
+        key = f"proxy/r{self.round_}/{self.issued_ // size}"
         self.issued_ += len(chunk)
-        return {"kind": "proxy", "round": self.round_, "seed": self.round_seed_,
+        return {"kind": "proxy", "key": key, "round": self.round_, "seed": self.round_seed_,
                 "labels": [label for label, _ in chunk], "masks": [mask for _, mask in chunk],
                 "repeats": self.repeats, "ntk_batch": self.ntk_batch, "region_samples": self.region_samples,
                 "region_batches": self.region_batches, "ntk_C": self.ntk_C, "ntk_N": self.ntk_N}
@@ -235,12 +230,22 @@ class TENASSearcher(WorkUnitSearcher):
                                            "regions": [float(v) for v in row["regions"]]}
 
     def _on_complete(self, unit: dict, row: dict) -> None:
-        if unit["kind"] == "proxy" and unit["round"] == self.round_:
-            missing = [label for label in unit["labels"] if label not in self.proxies_]
-            if missing:  # waiting for them would stall the search
-                raise RuntimeError(f"proxy unit {unit['unit']} finished without rows for {missing}")
+        # a proxy unit that came back short: the base re-issues its missing masks (proxy/rR/J/restN)
         if unit["kind"] == "standalone":
             self.standalone_[unit["arch"]] = row
+
+    def _phase(self) -> str:
+        if self.final_arch_ is None:
+            return "prune"
+        return "standalone"
+
+    def _progress(self) -> str:
+        if self.final_arch_ is None:
+            done = sum(label in self.proxies_ for label, _ in self.round_masks_)
+            left = max(sum(row) for row in self.active_) - 1
+            return (f"phase prune: round {self.round_ + 1} of {self.round_ + left}, "
+                    f"{done}/{len(self.round_masks_)} masks scored")
+        return f"phase standalone: {len(self.standalone_)}/1 picks trained standalone"
 
     @property
     def best_arch(self) -> str | None:

@@ -1,7 +1,6 @@
 """EvNAS: the decode, the genetic operators' statistics, the policy, decoded scoring, the loop."""
 
 import math
-import pickle
 from math import comb
 
 import numpy as np
@@ -231,8 +230,9 @@ def test_evnas_search_end_to_end(ray_session, tmp_path):
     for c in cohorts:
         assert c["arch"].is_unique and 1 <= len(c) <= 4
     # the searcher's own state: the cohorts are the generations' distinct archs, the final their best
-    [state_file] = list(run.glob("searcher-state-*.pkl"))
-    state = _searcher_state(pickle.loads(state_file.read_bytes()))
+    from raynas.rowlog import load_searcher_state
+
+    state = load_searcher_state(run)["state"]
     history = state["history_"]
     assert [list(c["arch"]) for c in cohorts] == [list(dict.fromkeys(h["archs"])) for h in history]
     assert len(candidates) == sum(len(set(h["archs"])) for h in history)
@@ -241,22 +241,3 @@ def test_evnas_search_end_to_end(ray_session, tmp_path):
     assert summary["final_arch"] == last["archs"][best]
     assert tuple(state["population_"][best].argmax(1)) == SPACE.parse(summary["final_arch"]).ops
     assert np.isfinite(summary["standalone_test_acc"])
-
-
-def _searcher_state(obj):
-    """The EvNAS state dict inside Tune's searcher checkpoint (wrapped by the ConcurrencyLimiter)."""
-    if isinstance(obj, dict):
-        if "history_" in obj:
-            return obj
-        children = obj.values()
-    elif isinstance(obj, (list, tuple)):
-        children = obj
-    elif hasattr(obj, "__dict__"):
-        children = vars(obj).values()
-    else:
-        return None
-    for child in children:
-        found = _searcher_state(child)
-        if found is not None:
-            return found
-    return None

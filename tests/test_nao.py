@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from raynas.policies import BALANCED_REFERENCE, BalancedPolicy, make_policy
-from raynas.results import read_trial_rows
+from raynas.results import read_unit_rows
 from raynas.searchers.nao import (
     NAOSearcher,
     arch_tokens,
@@ -191,7 +191,7 @@ def test_iterations_train_the_new_pool_and_score_the_cumulative_pool(rescore):
     assert scored[:60] == first
     assert scored[60:] == (first + second if rescore else second)
     finals = [u["arch"] for u in driver.log if u.get("role") == "final"]
-    assert finals == sorted(first + second, key=lambda a: s.scores_[a], reverse=True)[:5]
+    assert finals == s.distinct_functions(sorted(first + second, key=lambda a: s.latest_[a], reverse=True), 5)
     assert s.history_[0]["generated"] + s.history_[0]["filled"] == 20
 
 
@@ -206,6 +206,8 @@ def test_a_cohort_that_came_back_short_is_scored_again():
     searcher.on_trial_complete("t1", {})
     again = searcher.suggest("t2")
     assert again["kind"] == "score" and again["archs"] == cohort["archs"][45:]
+    assert again["key"] == cohort["key"] + "/rest1" and again["first_batch"] == cohort["first_batch"] + 45
+    assert again["version"] == cohort["version"] == 50
 
 
 def test_searcher_validates_its_arguments():
@@ -240,7 +242,7 @@ def test_nao_search_end_to_end(ray_session, tmp_path):
     assert last["arch"].is_unique and set(candidates["arch"]) == set(last["arch"])
     assert summary["final_arch"] in set(last.nlargest(2, "valid_acc")["arch"])
     assert np.isfinite(summary["standalone_test_acc"])
-    rows = read_trial_rows(run)
+    rows = read_unit_rows(run)
     trains = rows[rows["kind"] == "train"].sort_values("version")
     # the lr restarted at the end of iteration 1 (the row's lr is the next step's)
     assert trains["lr"].tolist() == pytest.approx([0.025, 0.001])

@@ -201,14 +201,10 @@ def test_policy_on_a_sub_space_gives_disallowed_ops_zero_weight():
 
 # --- one real search ----------------------------------------------------------------------
 def _train_rows(run_dir: Path) -> list[dict]:
-    rows = []
-    for path in run_dir.glob("*/result.json"):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if row.get("kind") == "train":
-                    rows.append(row)
-    return rows
+    from raynas.results import read_unit_rows
+
+    rows = read_unit_rows(run_dir)
+    return rows[rows["kind"] == "train"].to_dict("records")
 
 
 #: seconds of compute: 32 supernet steps in 2 chunks, 6 candidates in one cohort, 2 one-epoch standalones

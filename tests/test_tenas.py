@@ -2,7 +2,6 @@
 state machine, and one end-to-end search on a real local Ray."""
 
 import itertools
-import json
 import math
 
 import numpy as np
@@ -257,8 +256,10 @@ def test_tenas_search_end_to_end(ray_session, tmp_path):
                          "standalone": {"C": 4, "N": 1, "epochs": 1, "batch_size": 128}}}
     run_dir = search("tenas", overrides=tiny, storage=tmp_path, name="tenas", verbose=0)
     summary = pd.read_parquet(run_dir / "summary.parquet").iloc[0]
-    rows = [json.loads(line) for path in run_dir.glob("*/result.json") for line in path.read_text().splitlines() if line]
-    proxy = [r for r in rows if r["kind"] == "proxy"]
+    from raynas.results import read_unit_rows
+
+    rows = read_unit_rows(run_dir)
+    proxy = rows[rows["kind"] == "proxy"].to_dict("records")
     assert len(proxy) == (1 + 24) + (1 + 18) + (1 + 12)  # full + candidates per round
     assert all(len(r["ntk"]) == 1 and r["ntk"][0] > 0 and r["regions"][0] >= 1 for r in proxy)
     # replay the last round from its rows: the final arch is, on each edge, the op not pruned
