@@ -108,13 +108,14 @@ def raynas_units(args, run_id: str, units: list[dict], storage: str) -> float:
     up (``raynas.driver``'s trainable and tuner). Returns wall seconds of the fit."""
     from pathlib import Path
 
-    from raynas.driver import DEFAULTS, work_unit_trainable, work_unit_tuner
+    from raynas.driver import DEFAULTS, work_unit_trainable
+    from raynas.lifecycle import make_tuner
 
-    run = {"run_id": run_id, "space": "nb201", "dataset": args.dataset, "data_dir": None,
+    run = {"run_id": run_id, "run_dir": storage, "space": "nb201", "dataset": args.dataset, "data_dir": None,
            "data_options": args.data_options}
     res = dict(DEFAULTS["resources"], max_concurrent=1)
     trainable = work_unit_trainable(run, res, standalone_gpus=0)
-    tuner = work_unit_tuner(trainable, _Units(units), Path(storage) / f"{run_id}-{time.time_ns()}", res, callbacks=[])
+    tuner = make_tuner(trainable, _Units(units), storage=storage, name=f"{run_id}-{time.time_ns()}", max_concurrent=1)
     start = time.perf_counter()
     grid = tuner.fit()
     seconds = time.perf_counter() - start

@@ -7,7 +7,9 @@
     raynas truth --output truth/new.parquet ...             # build a ground-truth table
     raynas space nb201 --info                               # the space's facts
 
-Usage errors print one line and exit 2; nothing is overwritten.
+Usage errors (:class:`raynas.errors.UsageError`, :class:`raynas.data.DatasetError`, bad arguments)
+print one line and exit 2, before Ray starts, leaving nothing behind; nothing is overwritten. Any
+other error is a bug: its traceback is printed and the exit code is 1.
 """
 
 from __future__ import annotations
@@ -18,6 +20,46 @@ import sys
 from pathlib import Path
 
 from raynas import __version__
+from raynas.errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block): ``raynas search: error: ...``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_arg(minimum: int, meaning: str = ""):
+    """An argparse type: an int in ASCII digits, >= ``minimum`` (``int()`` alone takes '\u0663' as 3)."""
+
+    def parse(text: str) -> int:
+        from raynas.spaces.base import is_index_text
+
+        if not is_index_text(text.strip()) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{_short(text)}: expected an int >= {minimum}{meaning}")
+        return int(text)
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _fraction_arg(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{_short(text)}: expected a number in 0..1")
+    return value
+
+
+def _short(value, limit: int = 60) -> str:
+    from raynas.spaces.base import short_repr
+
+    return short_repr(value, limit)
 
 
 def _parse_set(items: list[str]) -> dict:
@@ -26,8 +68,8 @@ def _parse_set(items: list[str]) -> dict:
     for item in items or []:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise ValueError(f"--set {item!r}; expected SECTION.KEY=VALUE, e.g. supernet.epochs=5")
+        if not sep or not dot or not name or not section:
+            raise UsageError(f"--set {_short(item)}; expected SECTION.KEY=VALUE, e.g. supernet.epochs=5")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -37,7 +79,7 @@ def _parse_set(items: list[str]) -> dict:
 
 
 def _with_few_shot(overrides: dict, edges: str | None) -> dict:
-    if edges:
+    if edges is not None:
         overrides.setdefault("searcher", {})["few_shot"] = edges
     return overrides
 
@@ -47,7 +89,7 @@ def _parse_options(items: list[str]) -> dict:
     for item in items or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--data-option {item!r}; expected KEY=VALUE, e.g. resolution=16")
+            raise UsageError(f"--data-option {_short(item)}; expected KEY=VALUE, e.g. resolution=16")
         try:
             out[key] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
@@ -60,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     from raynas.searchers import method_names
     from raynas.spaces import space_names
 
-    parser = argparse.ArgumentParser(prog="raynas", description="Weight-sharing NAS on Ray Tune.")
+    parser = _Parser(prog="raynas", description="Weight-sharing NAS on Ray Tune.")
     parser.add_argument("--version", action="version", version=f"raynas {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -72,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
     s.add_argument("--preset", default="small", help="small (minutes on 2 CPU cores), paper, or rank (rsps: a ranking run; "
                         "see truth/README.md) (default small)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_int_arg(0), default=0)
     s.add_argument("--few-shot", metavar="EDGES",
                    help="few-shot NAS: split the space on these edges, e.g. '1<-0' (5 sub-supernets) or '1<-0,3<-2' (25)")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
@@ -83,10 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", default="runs", help="folder of run directories (default ./runs)")
     s.add_argument("--name", help="run directory name (default METHOD-DATASET-sSEED-TIME)")
     s.add_argument("--address", help="Ray cluster address to join (default: start an embedded local Ray)")
-    s.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
+    s.add_argument("--num-cpus", type=_int_arg(1, " (omit it for all CPUs)"), help="CPUs of the embedded local Ray (default: all)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     s.add_argument("-v", "--verbose", action="store_true", help="every candidate, and the workers' logs")
+
+    st = sub.add_parser("status", help="where a run stands: status, phase, progress, what a resume would do (reads files only)")
+    st.add_argument("run", metavar="RUN_DIR")
+    st.add_argument("--format", choices=("text", "json"), default="text")
 
     c = sub.add_parser("compare", help="print the method table of finished runs (reads files only)")
     c.add_argument("runs", nargs="+", metavar="RUN_DIR")
@@ -98,10 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help=f"one of: {', '.join(space_names())}")
     p.add_argument("--info", action="store_true", help="ops, edges, size, unique archs (the default)")
     p.add_argument("--arch", help="an arch (string or index): its index, string, parameters and FLOPs")
-    p.add_argument("--C", type=int, default=16)
-    p.add_argument("--N", type=int, default=5)
-    p.add_argument("--num-classes", type=int, default=10)
-    p.add_argument("--input-size", type=int, default=32)
+    p.add_argument("--C", type=_int_arg(1), default=16)
+    p.add_argument("--N", type=_int_arg(1), default=5)
+    p.add_argument("--num-classes", type=_int_arg(1), default=10)
+    p.add_argument("--input-size", type=_int_arg(1), default=32)
 
     d = sub.add_parser("data", help="load a dataset and print its splits")
     d.add_argument("name", help=f"one of: {', '.join(dataset_names())}")
@@ -112,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")
     r.add_argument("--truth", required=True, metavar="TABLE", help="truth parquet, e.g. truth/fashion-mnist16.parquet")
     r.add_argument("--format", choices=("text", "csv", "json"), default="text")
-    r.add_argument("--top-k", type=int, action="append", metavar="K", help="top-k precision for K (default 5 and 10)")
+    r.add_argument("--top-k", type=_int_arg(1), action="append", metavar="K", help="top-k precision for K (default 5 and 10)")
 
     t = sub.add_parser("truth", help="build a ground-truth table: a stratified sample of archs trained standalone, several seeds each")
     t.add_argument("--output", help="the table to write (.parquet; never overwritten) and its .json beside it")
@@ -120,67 +166,121 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data-dir", help="folder holding the dataset's files (fashion-mnist defaults to Debian's)")
     t.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
     t.add_argument("--space", default="nb201", help=f"one of: {', '.join(space_names())} (default nb201)")
-    t.add_argument("--archs", type=int, default=40, help="archs in the sample (default 40)")
-    t.add_argument("--seeds", type=int, default=6, help="training seeds per arch, 0..K-1 (default 6)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--C", type=int, default=8)
-    t.add_argument("--N", type=int, default=1)
-    t.add_argument("--batch-size", type=int, default=64)
-    t.add_argument("--sample-seed", type=int, default=0, help="seed of the arch sample (default 0)")
-    t.add_argument("--strata", type=int, default=4, help="parameter-count strata of the sample (default 4)")
-    t.add_argument("--weak-fraction", type=float, default=0.15, help="share of weak archs forced in (default 0.15)")
+    t.add_argument("--archs", type=_int_arg(1), default=40, help="archs in the sample (default 40)")
+    t.add_argument("--seeds", type=_int_arg(1), default=6, help="training seeds per arch, 0..K-1 (default 6)")
+    t.add_argument("--epochs", type=_int_arg(1), default=10)
+    t.add_argument("--C", type=_int_arg(1), default=8)
+    t.add_argument("--N", type=_int_arg(1), default=1)
+    t.add_argument("--batch-size", type=_int_arg(1), default=64)
+    t.add_argument("--sample-seed", type=_int_arg(0), default=0, help="seed of the arch sample (default 0)")
+    t.add_argument("--strata", type=_int_arg(1), default=4, help="parameter-count strata of the sample (default 4)")
+    t.add_argument("--weak-fraction", type=_fraction_arg, default=0.15, help="share of weak archs forced in (default 0.15)")
     t.add_argument("--storage", default="runs", help="folder of the Tune experiment (default ./runs)")
     t.add_argument("--name", help="experiment directory name (default truth-OUTPUT-TIME)")
     t.add_argument("--address", help="Ray cluster address to join (default: start an embedded local Ray)")
-    t.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray (default: all)")
-    t.add_argument("--max-concurrent", type=int, help="trainings at once (default: what the cluster holds)")
+    t.add_argument("--num-cpus", type=_int_arg(1, " (omit it for all CPUs)"), help="CPUs of the embedded local Ray (default: all)")
+    t.add_argument("--max-concurrent", type=_int_arg(1), help="trainings at once (default: what the cluster holds)")
     t.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue a build whose driver died, with its own settings")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     return parser
 
 
-def _cmd_search(args) -> int:
-    from raynas.driver import search
+def _check_search(args) -> dict:
+    """Every argument of ``raynas search`` checked before Ray starts (nothing written): the
+    overrides to pass on."""
+    from raynas import settings
 
-    if args.resume and any(v is not None for v in (args.data_dir, args.name, args.set, args.data_option, args.few_shot,
-                                                   args.candidates)):
-        raise ValueError("--resume continues a run with its own settings; "
-                         "drop --data-dir/--name/--set/--data-option/--few-shot/--candidates")
+    if args.resume is not None:
+        if any(v is not None for v in (args.data_dir, args.name, args.data_option, args.few_shot, args.candidates)):
+            raise UsageError("--resume continues a run with its own settings; "
+                             "drop --data-dir/--name/--data-option/--few-shot/--candidates")
+        # a resume may change where and how the search runs (resources), not what it computes
+        return settings.resume_overrides(_parse_set(args.set))
+    settings.check_storage(args.storage)
+    settings.check_name(args.name)
     overrides = _with_few_shot(_parse_set(args.set), args.few_shot)
-    if args.candidates:
+    if args.candidates is not None:
         from raynas.ranking import read_archs
 
-        overrides.setdefault("searcher", {})["candidates"] = read_archs(args.candidates)
-    run_dir = search(
-        args.method,
-        space=args.space,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        data_options=_parse_options(args.data_option),
-        preset=args.preset,
-        seed=args.seed,
-        overrides=overrides,
-        storage=args.storage,
-        name=args.name,
-        address=args.address,
-        resume=args.resume,
-        num_cpus=args.num_cpus,
-        verbose=0 if args.quiet else (2 if args.verbose else 1),
-    )
-    print(run_dir)
+        try:
+            overrides.setdefault("searcher", {})["candidates"] = read_archs(args.candidates)
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(f"--candidates: {err}") from None
+    settings.make_config(args.method, space=args.space, dataset=args.dataset, data_dir=args.data_dir,
+                         data_options=_parse_options(args.data_option), preset=args.preset, seed=args.seed,
+                         overrides=overrides)
+    return overrides
+
+
+def _cmd_search(args) -> int:
+    overrides = _check_search(args)
+    from raynas.driver import search
+
+    verbose = 0 if args.quiet else (2 if args.verbose else 1)
+    if args.resume:
+        from raynas.driver import resume
+
+        run = resume(args.resume, resources=overrides.get("resources"), address=args.address,
+                     num_cpus=args.num_cpus, verbose=verbose)
+    else:
+        run = search(
+            args.method,
+            space=args.space,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            data_options=_parse_options(args.data_option),
+            preset=args.preset,
+            seed=args.seed,
+            overrides=overrides,
+            storage=args.storage,
+            name=args.name,
+            address=args.address,
+            num_cpus=args.num_cpus,
+            verbose=verbose,
+        )
+    print(run.run_dir)
+    return _exit_code(run, "search")
+
+
+def _exit_code(run, command: str) -> int:
+    """0: complete; 130: interrupted (resumable); 1: failed."""
+    if run.status == "complete":
+        return 0
+    if run.status == "interrupted":
+        print(f"raynas {command}: interrupted; `raynas search --resume {run.run_dir}` continues it", file=sys.stderr)
+        return 130
+    print(f"raynas {command}: failed: {run.message or 'see the run directory'}", file=sys.stderr)
+    return 1
+
+
+def _cmd_status(args) -> int:
+    import json
+
+    from raynas.status import format_status, run_status
+
+    status = run_status(args.run)
+    print(json.dumps(status, indent=2, default=str) if args.format == "json" else format_status(status))
     return 0
 
 
 def _cmd_compare(args) -> int:
     from raynas.results import compare_table, load_summaries
 
-    summaries = load_summaries(args.runs)
+    try:
+        summaries = load_summaries(args.runs)
+    except (ValueError, FileNotFoundError) as err:  # a RUN_DIR without its tables
+        raise UsageError(str(err)) from None
     table = summaries if args.runs_table else compare_table(summaries)
+    status = summaries["status"].fillna("unknown") if "status" in summaries else None
+    if status is not None and (status != "complete").any():
+        # unfinished runs are listed (column `unfinished`, or `status` per run), never averaged in
+        names = ", ".join(f"{r} ({s})" for r, s in zip(summaries["run_id"], status) if s != "complete")
+        print(f"raynas compare: note: unfinished runs left out of the means: {names}", file=sys.stderr)
     if args.format == "parquet":
         if not args.output:
-            raise ValueError("--format parquet needs --output FILE")
+            raise UsageError("--format parquet needs --output FILE")
         if Path(args.output).exists():
-            raise ValueError(f"--output {args.output} already exists; choose a new file")
+            raise UsageError(f"--output {args.output} already exists; choose a new file")
         table.to_parquet(args.output, index=False)
         return 0
     if args.format == "markdown":
@@ -191,7 +291,7 @@ def _cmd_compare(args) -> int:
         text = table.to_string(index=False, float_format=lambda v: f"{v:.4f}")
     if args.output:
         if Path(args.output).exists():
-            raise ValueError(f"--output {args.output} already exists; choose a new file")
+            raise UsageError(f"--output {args.output} already exists; choose a new file")
         Path(args.output).write_text(text + "\n")
     else:
         print(text)
@@ -211,10 +311,20 @@ def _markdown(table) -> str:
 def _cmd_space(args) -> int:
     from raynas.spaces import get_space
 
-    space = get_space(args.name)
+    from raynas.spaces.base import is_index_text
+
+    try:
+        space = get_space(args.name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     net = dict(C=args.C, N=args.N, num_classes=args.num_classes)
-    if args.arch:
-        arch = space.parse(int(args.arch) if args.arch.isdigit() else args.arch)
+    if args.arch is not None:
+        # an index only in ASCII digits: '\u0663' is not index 3
+        text = args.arch.strip()
+        try:
+            arch = space.parse(int(text) if is_index_text(text) else args.arch)
+        except ValueError as err:
+            raise UsageError(f"--arch: {err}") from None
         print(f"arch       {arch}\nindex      {space.index_of(arch)}\nops        {arch.ops}")
         print(f"parameters {space.count_parameters(arch, **net):,} (C={args.C}, N={args.N}, {args.num_classes} classes)")
         print(f"FLOPs      {space.count_flops(arch, input_size=args.input_size, **net):,} ({args.input_size}x{args.input_size} input)")
@@ -227,9 +337,11 @@ def _cmd_space(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from raynas.data import load_dataset
+    from raynas.data import check_options, load_dataset
 
-    splits = load_dataset(args.name, args.data_dir, **_parse_options(args.data_option))
+    options = _parse_options(args.data_option)
+    check_options(args.name, options)  # before the data (and torch) are read
+    splits = load_dataset(args.name, args.data_dir, **options)
     i = splits.info
     print(f"dataset    {i.name}: {i.num_classes} classes, {i.in_channels}x{i.input_size}x{i.input_size}")
     print(f"splits     train {len(splits.train)}, valid {len(splits.valid)}, test {len(splits.test)}")
@@ -240,9 +352,16 @@ def _cmd_data(args) -> int:
 def _cmd_rank(args) -> int:
     import json
 
-    from raynas.ranking import rank_runs
+    from raynas.ranking import rank_runs, read_truth
 
-    table = rank_runs(args.runs, args.truth, top_k=tuple(args.top_k or (5, 10)))
+    try:
+        read_truth(args.truth)  # a candidates table or a stray parquet is refused here, in one line
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"--truth: {err}") from None
+    try:
+        table = rank_runs(args.runs, args.truth, top_k=tuple(args.top_k or (5, 10)))
+    except FileNotFoundError as err:  # a RUN_DIR without candidates.parquet
+        raise UsageError(str(err)) from None
     if args.format == "json":
         print(json.dumps(table.to_dict(orient="records"), indent=2, default=str))
     elif args.format == "csv":
@@ -257,8 +376,18 @@ def _cmd_truth(args) -> int:
 
     from raynas.truth import build_truth
 
+    from raynas import settings
+    from raynas.data import check_options
+
     if args.resume and any(v is not None for v in (args.output, args.data_dir, args.name, args.data_option)):
-        raise ValueError("--resume continues a build with its own settings; drop --output/--data-dir/--name/--data-option")
+        raise UsageError("--resume continues a build with its own settings; drop --output/--data-dir/--name/--data-option")
+    if args.resume is None:
+        settings.check_storage(args.storage)
+        settings.check_name(args.name)
+        try:
+            check_options(args.dataset, _parse_options(args.data_option))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     # the settings as a command line, recorded in the table's metadata (how it was built)
     command = ["raynas", "truth", "--dataset", args.dataset]
     command += [f"--data-dir={args.data_dir}"] if args.data_dir else []
@@ -293,13 +422,25 @@ def _cmd_truth(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    handlers = {"search": _cmd_search, "compare": _cmd_compare, "space": _cmd_space, "data": _cmd_data,
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a bad argument (one line, exit 2)
+        return done.code if isinstance(done.code, int) else 2
+    handlers = {"search": _cmd_search, "status": _cmd_status, "compare": _cmd_compare, "space": _cmd_space, "data": _cmd_data,
                 "rank": _cmd_rank, "truth": _cmd_truth}
     try:
         return handlers[args.command](args)
-    except (ValueError, FileNotFoundError) as err:  # UsageError, DatasetError and bad names are ValueErrors
+    except Exception as err:
+        from raynas.data import DatasetError
+
+        if not isinstance(err, (UsageError, DatasetError)):
+            import traceback
+
+            traceback.print_exc()  # a bug: its traceback, exit 1
+            return 1
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if len(message) > 500:  # one line a terminal can show; the input is quoted in it already
+            message = message[:497] + "..."
         print(f"raynas {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

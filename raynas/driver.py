@@ -1,121 +1,93 @@
 """The driver: one search from configuration to result tables.
 
-``search(...)`` (and ``raynas search``) starts an embedded local Ray or joins a cluster, creates
-the supernet actor(s), runs the method's searcher in a ``tune.Tuner`` over the work-unit
-trainable, and writes the run's tables. ``resume=RUN_DIR`` continues a search whose driver died:
-Tune restores its trials and the searcher's state, and the actors resume from their snapshots.
+``search(...)`` (``raynas.search``, ``raynas search``) checks the settings (before Ray starts),
+makes the run directory and runs the first session of the run through
+:func:`raynas.lifecycle.execute` with a :class:`SearchExperiment`: the supernet actor(s), the
+method's searcher, the work-unit trainable, the tables. ``resume(RUN_DIR)`` runs the next session
+of an interrupted or crashed run: the searcher comes back from raynas's durable copy of its
+state, the actors from their snapshots, and the search goes on exactly as if never stopped.
+Both return a :class:`Run`.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import json
-import logging
 import os
 import platform
 import shutil
-import sys
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raynas import __version__
-from raynas.data import dataset_names
+from raynas.errors import SearchFailed, UsageError
 from raynas.results import build_tables, is_run_dir, write_json
-from raynas.searchers import get_presets, get_searcher_class, method_names
-from raynas.spaces import get_space, space_names
+from raynas.rowlog import SEARCHER_STATE
+from raynas.searchers import get_searcher_class
+from raynas.settings import ResourcesSettings, make_config, resume_overrides
+from raynas.spaces import get_space
 
-#: defaults of every search, under a method's preset and the user's overrides
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "supernet": dict(bn_mode="batch", snapshot_every=None),
-    "searcher": dict(),
-    "resources": dict(actor_cpus=1.0, actor_gpus=None, trial_cpus=0.25, standalone_cpus=1.0,
-                      standalone_gpus=None, max_concurrent=2, max_failures=2, max_restarts=3,
-                      placement_strategy="SPREAD", placement_timeout_s=120),
-}
-
-
-class UsageError(ValueError):
-    """Bad input from the user: the CLI prints it on one line and exits 2."""
-
-
-def _merge(base: dict, extra: dict | None) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (extra or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def make_config(method: str, *, space: str = "nb201", dataset: str = "digits", data_dir: str | None = None,
-                data_options: dict | None = None, preset: str = "small", seed: int = 0,
-                overrides: dict | None = None) -> dict:
-    """The full configuration of a search (validated names; sections merged)."""
-    if method not in method_names():
-        raise UsageError(f"unknown method {method!r}; expected one of: {', '.join(method_names())}")
-    if space not in space_names():
-        raise UsageError(f"unknown space {space!r}; expected one of: {', '.join(space_names())}")
-    if dataset not in dataset_names():
-        raise UsageError(f"unknown dataset {dataset!r}; expected one of: {', '.join(dataset_names())}")
-    presets = get_presets(method)
-    if preset not in presets:
-        raise UsageError(f"unknown preset {preset!r} for method {method!r}; expected one of: {', '.join(sorted(presets))}")
-    config = _merge(DEFAULTS, presets[preset])
-    config = _merge(config, overrides)
-    unknown = set(overrides or {}) - set(DEFAULTS)
-    if unknown:
-        raise UsageError(f"overrides: unknown sections {sorted(unknown)}; expected some of {sorted(DEFAULTS)}")
-    if config["searcher"].get("candidates") is not None and not getattr(get_searcher_class(method), "takes_candidates", False):
-        raise UsageError(f"--candidates: method {method!r} chooses its own candidates; expected one of: "
-                         f"{', '.join(m for m in method_names() if getattr(get_searcher_class(m), 'takes_candidates', False))}")
-    if "num_candidates" in config["searcher"] and config["searcher"]["num_candidates"] is None \
-            and config["searcher"].get("candidates") is None:
-        raise UsageError(f"preset {preset!r} scores given archs; add --candidates FILE "
-                         "(e.g. truth/fashion-mnist16.parquet) or --set searcher.num_candidates=N")
-    few_shot = config["searcher"].get("few_shot")
-    if few_shot:
-        if not getattr(get_searcher_class(method), "supports_few_shot", False):
-            raise UsageError(f"--few-shot: method {method!r} has no few-shot variant; expected one of the one-shot "
-                             f"methods: {', '.join(m for m in method_names() if getattr(get_searcher_class(m), 'supports_few_shot', False))}")
-        try:
-            config["searcher"]["few_shot"] = get_space(space).parse_edges(few_shot)
-        except ValueError as err:
-            raise UsageError(f"--few-shot {few_shot}: {err}") from None
-    config.update(method=method, space=space, dataset=dataset, data_dir=data_dir,
-                  data_options=dict(data_options or {}), preset=preset, seed=int(seed))
-    return config
-
-
-def _init_ray(address: str | None, num_cpus: int | None, verbose: int) -> None:
-    import ray
-
-    # standalone trials checkpoint every few epochs; Tune's warning about the resulting
-    # experiment snapshots is noise at this scale
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if verbose < 2:
-        # raynas prints its own progress: Tune's experiment box and INFO lines are noise here
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = dict(namespace="raynas", log_to_driver=verbose >= 2, include_dashboard=False)
-    if address:
-        kwargs["address"] = address
-    else:
-        # "local": always a fresh embedded instance, never a stray cluster found on the machine
-        kwargs["address"] = "local"
-        if num_cpus:
-            kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+#: the resources section's defaults (raynas.settings.ResourcesSettings, as a dict)
+DEFAULTS = {"resources": ResourcesSettings().to_dict()}
 
 
 def _cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
+
+
+@dataclass
+class Run:
+    """A run directory and how it stands. Path-like: ``run / "candidates.parquet"`` is a file of
+    the run, and ``os.fspath(run)`` its directory."""
+
+    run_dir: Path
+    status: str
+    message: str | None = None
+
+    @classmethod
+    def open(cls, run_dir: str | os.PathLike) -> "Run":
+        """The run in ``run_dir`` as its manifest records it (``status`` None: it never ended a session)."""
+        run_dir = Path(run_dir)
+        manifest = run_dir / "manifest.json"
+        status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else None
+        return cls(run_dir, status)
+
+    @property
+    def candidates(self):
+        import pandas as pd
+
+        return pd.read_parquet(self.run_dir / "candidates.parquet")
+
+    @property
+    def summary(self):
+        import pandas as pd
+
+        return pd.read_parquet(self.run_dir / "summary.parquet")
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.run_dir / "manifest.json").read_text())
+
+    # path-like: the run directory
+    def __str__(self) -> str:
+        return str(self.run_dir)
+
+    def __fspath__(self) -> str:
+        return str(self.run_dir)
+
+    def __truediv__(self, other) -> Path:
+        return self.run_dir / other
+
+    @property
+    def parent(self) -> Path:
+        return self.run_dir.parent
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
 
 
 def search(
@@ -131,128 +103,165 @@ def search(
     storage: str | os.PathLike = "runs",
     name: str | None = None,
     address: str | None = None,
-    resume: str | os.PathLike | None = None,
     num_cpus: int | None = None,
     verbose: int = 1,
-) -> Path:
-    """Run one search; return its run directory (which holds the result tables)."""
-    if resume is not None:
-        run_dir = Path(resume).resolve()
-        if not is_run_dir(run_dir):
-            raise UsageError(f"--resume {resume}: not a raynas run directory (no raynas.json); expected a RUN_DIR that `raynas search` made")
-        config = json.loads((run_dir / "raynas.json").read_text())
-    else:
-        config = make_config(method, space=space, dataset=dataset, data_dir=data_dir, data_options=data_options,
-                             preset=preset, seed=seed, overrides=overrides)
-        if data_dir is not None and not Path(data_dir).is_dir():
-            raise UsageError(f"--data-dir {data_dir}: no such directory; expected the folder holding the {dataset} files")
-        if address is None:
-            # local data: fail fast, before Ray starts, with the dataset's own one-line error
-            from raynas.data import DatasetError, load_dataset
+) -> Run:
+    """Run one search; return its :class:`Run` (status ``complete``, ``interrupted`` or ``failed``;
+    the run directory holds the result tables whatever the status). Bad settings raise
+    :class:`~raynas.errors.UsageError` before Ray starts, leaving nothing behind."""
+    config = make_config(method, space=space, dataset=dataset, data_dir=data_dir, data_options=data_options,
+                         preset=preset, seed=seed, overrides=overrides)
+    if address is None:
+        # local data: fail fast, before Ray starts, with the dataset's own one-line error
+        from raynas.data import DatasetError, load_dataset
 
-            try:
-                load_dataset(dataset, data_dir, **(data_options or {}))
-            except (DatasetError, TypeError) as err:
-                raise UsageError(str(err)) from None
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = name or f"{method}-{dataset}-s{seed}-{stamp}"
-        run_dir = (Path(storage) / name).resolve()
-        if run_dir.exists():
-            raise UsageError(f"run directory {run_dir} already exists; pass --resume {run_dir} to continue it or choose another --name")
-        config["run_id"] = name
-        run_dir.mkdir(parents=True)
-        write_json(run_dir / "raynas.json", config)
+        try:
+            load_dataset(dataset, data_dir, **(data_options or {}))
+        except (DatasetError, TypeError) as err:
+            raise UsageError(str(err)) from None
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = name or f"{method}-{dataset}-s{seed}-{stamp}"
+    run_dir = (Path(storage) / name).resolve()
+    if run_dir.exists():
+        raise UsageError(f"run directory {run_dir} already exists; pass --resume {run_dir} to continue it or choose another --name")
+    config["run_id"] = name
+    run_dir.mkdir(parents=True)
+    write_json(run_dir / "raynas.json", config)
     try:
-        return _run(config, run_dir, resume=resume is not None, address=address, num_cpus=num_cpus, verbose=verbose)
-    except UsageError:
-        if resume is None and not any(run_dir.glob("*/result.json")):
+        return _session(config, run_dir, resume=False, address=address, num_cpus=num_cpus, verbose=verbose)
+    finally:
+        if not (run_dir / SEARCHER_STATE).exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
-        raise
 
 
-def _run(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_cpus: int | None, verbose: int) -> Path:
-    from ray import tune
+def resume(run_dir: str | os.PathLike, *, resources: dict | None = None, address: str | None = None,
+           num_cpus: int | None = None, verbose: int = 1) -> Run:
+    """Continue the run in ``run_dir`` (its driver died, or it was interrupted) where it is now;
+    ``resources`` may change the resources section (not what the search computes)."""
+    given = run_dir
+    run_dir = Path(run_dir).resolve()
+    if not is_run_dir(run_dir):
+        raise UsageError(f"--resume {given}: not a raynas run directory (no raynas.json); expected a RUN_DIR that `raynas search` made")
+    if Run.open(run_dir).status == "complete":
+        raise UsageError(f"--resume {given}: the run is complete; nothing to resume")
+    config = json.loads((run_dir / "raynas.json").read_text())
+    if resources:
+        config["resources"] = {**config["resources"], **resume_overrides({"resources": resources}).get("resources", {})}
+        write_json(run_dir / "raynas.json", config)
+    # a run whose driver died before its searcher's first state (while Ray or the actors started)
+    # has nothing to continue: its first session starts again, in the same directory
+    started = (run_dir / SEARCHER_STATE).is_file()
+    return _session(config, run_dir, resume=started, address=address, num_cpus=num_cpus, verbose=verbose)
 
-    from raynas.progress import Progress
-    from raynas.resume import StateBackup, repair
 
-    started = time.perf_counter()
-    _init_ray(address, num_cpus, verbose)
-    res = config["resources"]
-    gpus = _cluster_gpus()
-    actor_gpus = res["actor_gpus"] if res["actor_gpus"] is not None else (1.0 if gpus else 0.0)
-    standalone_gpus = res["standalone_gpus"] if res["standalone_gpus"] is not None else (1.0 if gpus else 0.0)
-    searcher_cls = get_searcher_class(config["method"])
-    space = get_space(config["space"])
-    run = {k: config[k] for k in ("run_id", "space", "dataset", "data_dir", "data_options")}
+def _session(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_cpus: int | None,
+             verbose: int) -> Run:
+    from raynas.lifecycle import execute
 
-    info: dict = {}
-    supernet_actors: list = []
-    if getattr(searcher_cls, "uses_supernet", True):
-        # the handles are held for the whole search: Ray ends a (non-detached) actor once no handle is left
-        info, res, supernet_actors = _start_supernets(config, run_dir, res, space, actor_gpus)
-    else:
-        from raynas.data import load_dataset
-
-        splits = load_dataset(config["dataset"], config["data_dir"], **config["data_options"])
-        info = {"device": "cpu", "dataset_fingerprint": splits.fingerprint(), "bn_mode": None,
-                "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
-                "input_size": splits.info.input_size}
-
-    trainable = work_unit_trainable(run, res, standalone_gpus=standalone_gpus)
-    progress = Progress(verbose=verbose, total_steps=info.get("total_steps"))
-    callbacks = [progress, StateBackup(run_dir)]
-    if resume:
-        from ray.tune.logger import JsonLoggerCallback
-
-        # as work_unit_tuner sets up a new run: result.json only
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-        callbacks.append(JsonLoggerCallback())
-        restored = repair(run_dir)
-        if restored and verbose:
-            print(f"raynas: Tune's state in {run_dir} was not one complete moment (the driver died while "
-                  f"Tune copied it); resuming from raynas's last complete copy ({', '.join(restored)})", file=sys.stderr)
-        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        searcher_kwargs = dict(config["searcher"], space=config["space"], seed=config["seed"],
-                               max_concurrent=res["max_concurrent"])
-        if "total_steps" in info:
-            searcher_kwargs["total_steps"] = info["total_steps"]
-        if info.get("few_shot"):
-            searcher_kwargs["few_shot_steps"] = info["few_shot"]["steps"]
-        searcher = searcher_cls(**searcher_kwargs)
-        tuner = work_unit_tuner(trainable, searcher, run_dir, res, callbacks=callbacks)
-    if resume:
-        # restored run configs drop callbacks: they are re-attached
-        tuner._local_tuner._run_config.callbacks = callbacks
-    grid = tuner.fit()
-    errors = [r.error for r in grid if r.error is not None]
-    if errors:
-        print(f"raynas: {len(errors)} work unit(s) failed for good; first: {errors[0]}", file=sys.stderr)
-
-    info = _final_info(config, info)
-    _stop_supernets(config, info)
-    del supernet_actors
-    manifest = _manifest(config, info)
-    state_path = run_dir / "raynas-wall.json"
-    previous = json.loads(state_path.read_text())["wall_s"] if state_path.exists() else 0.0
-    wall_s = previous + time.perf_counter() - started
-    write_json(state_path, {"wall_s": wall_s})
-    _, summary = build_tables(run_dir, config, manifest, space=space, wall_s=wall_s)
-    if verbose:
-        row = summary.iloc[0]
-        outcome = (f"-> {row['final_arch']}  standalone test acc {row['standalone_test_acc']:.4f}" if row["final_arch"]
-                   else "scored its candidates (no standalone training: `raynas rank` compares the scores with a truth)")
+    experiment = SearchExperiment(config, verbose=verbose)
+    ended = execute(experiment, run_dir, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose)
+    if verbose and experiment.summary is not None:
+        row = experiment.summary.iloc[0]
+        if ended.status == "complete":
+            outcome = (f"-> {row['final_arch']}  standalone test acc {row['standalone_test_acc']:.4f}" if row["final_arch"]
+                       else "scored its candidates (no standalone training: `raynas rank` compares the scores with a truth)")
+        else:
+            outcome = f"{ended.status}" + (f": {ended.message}" if ended.message else "")
         print(
             f"raynas: {config['method']} on {config['dataset']} {outcome}  "
-            f"({row['candidates']} candidates, {row['supernet_steps']} supernet steps, {wall_s:.0f} s)\n"
+            f"({row['candidates']} candidates, {row['supernet_steps']} supernet steps, {ended.wall_s:.0f} s)\n"
             f"raynas: tables in {run_dir}",
             flush=True,
         )
-    return run_dir
+    return Run(run_dir, ended.status, ended.message)
 
 
-def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: float) -> tuple[dict, dict, list]:
+class SearchExperiment:
+    """A search, as :func:`raynas.lifecycle.execute` runs it: supernet actors, the method's
+    searcher, the work-unit trainable, and the tables."""
+
+    def __init__(self, config: dict, *, verbose: int = 1) -> None:
+        self.config = config
+        self.verbose = verbose
+        self.res = dict(config["resources"])
+        self.max_concurrent = int(self.res["max_concurrent"])
+        self.max_failures = int(self.res["max_failures"])
+        self.space = get_space(config["space"])
+        self.info: dict = {}
+        self.actors: list = []
+        self.summary = None
+
+    def searcher_class(self):
+        return get_searcher_class(self.config["method"])
+
+    def start(self, run_dir: Path, *, resume: bool):
+        config, res = self.config, self.res
+        gpus = _cluster_gpus()
+        actor_gpus = res["actor_gpus"] if res["actor_gpus"] is not None else (1.0 if gpus else 0.0)
+        standalone_gpus = res["standalone_gpus"] if res["standalone_gpus"] is not None else (1.0 if gpus else 0.0)
+        run = {k: config[k] for k in ("run_id", "space", "dataset", "data_dir", "data_options")}
+        run["run_dir"] = str(run_dir)
+        if getattr(self.searcher_class(), "uses_supernet", True):
+            # the handles are held for the whole session: Ray ends a (non-detached) actor once no handle is left
+            self.info, self.res, self.actors = _start_supernets(config, run_dir, res, self.space, actor_gpus,
+                                                                resume=resume)
+            self.max_concurrent = int(self.res["max_concurrent"])
+        else:
+            from raynas.data import load_dataset
+
+            splits = load_dataset(config["dataset"], config["data_dir"], **config["data_options"])
+            self.info = {"device": "cpu", "dataset_fingerprint": splits.fingerprint(), "bn_mode": None,
+                         "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
+                         "input_size": splits.info.input_size}
+        return work_unit_trainable(run, self.res, standalone_gpus=standalone_gpus)
+
+    def new_searcher(self):
+        config, info = self.config, self.info
+        kwargs = dict(config["searcher"], space=config["space"], seed=config["seed"], max_concurrent=self.max_concurrent)
+        if "total_steps" in info:
+            kwargs["total_steps"] = info["total_steps"]
+        if info.get("few_shot"):
+            kwargs["few_shot_steps"] = info["few_shot"]["steps"]
+        return self.searcher_class()(**kwargs), kwargs
+
+    def callbacks(self, run_dir: Path, *, resume: bool) -> list:
+        from raynas.progress import Progress
+
+        return [Progress(verbose=self.verbose, total_steps=self.info.get("total_steps"))]
+
+    def stop(self) -> None:
+        if self.actors:
+            self.info = _final_info(self.config, self.info)
+        _stop_supernets(self.config, self.info)
+        self.actors = []
+
+    def finish(self, run_dir: Path, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
+        from raynas.results import read_unit_rows
+
+        manifest = _manifest(self.config, self.info)
+        manifest.update(status=status, sessions=sessions, wall_s=wall_s,
+                        outcome={k: v for k, v in outcome.items() if k != "completed"})
+        rows = read_unit_rows(run_dir)
+        _, self.summary = build_tables(run_dir, self.config, manifest, space=self.space, wall_s=wall_s,
+                                       status=status, rows=rows)
+        if status == "complete":
+            _check_tables(rows, self.summary, outcome)
+
+
+def _check_tables(rows, summary, outcome: dict) -> None:
+    """A complete run's tables must agree with its searcher's final state."""
+    logged = set(rows["key"]) if "key" in rows else set()
+    missing = [k for k in outcome.get("completed", []) if k not in logged]
+    if missing:
+        raise SearchFailed(f"the row log lacks the rows of {len(missing)} completed unit(s), e.g. {missing[0]}; "
+                           "the tables would not match the search")
+    final = outcome.get("final_arch")
+    if final is not None and summary.iloc[0]["final_arch"] != final:
+        raise SearchFailed(f"the tables' final arch {summary.iloc[0]['final_arch']} is not the searcher's {final}")
+
+
+def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: float, *,
+                     resume: bool = False) -> tuple[dict, dict, list]:
     """Start the one-shot supernet's actor (id 0) and, under few-shot NAS, one actor per
     sub-supernet (ids 1..K) in a placement group. Returns the facts of supernet 0 (plus the
     few-shot layout) and the resources section, adjusted so the actors fit the cluster."""
@@ -273,7 +282,9 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
         res["actor_cpus"] = round(max(0.05, min(res["actor_cpus"], spare / (len(regions) + 1))), 2)
     worker_kwargs = dict(config["supernet"], space=config["space"], dataset=config["dataset"],
                          data_dir=config["data_dir"], data_options=config["data_options"], seed=config["seed"],
-                         snapshot_dir=str(run_dir / "supernets" / "0"))
+                         snapshot_dir=str(run_dir / "supernets" / "0"),
+                         # a resumed run continues its supernets: a missing snapshot is an error, never a silent restart
+                         expect_snapshot=resume and _trained_before(run_dir, 0))
     actors = [create_supernet_actor(config["run_id"], 0, worker_kwargs, num_cpus=res["actor_cpus"],
                                     num_gpus=actor_gpus, max_restarts=res["max_restarts"])]
     try:
@@ -297,6 +308,7 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
     for k, region in enumerate(regions, start=1):
         kwargs = dict(worker_kwargs, allowed_ops=[list(a) for a in region.allowed_ops], total_steps=steps,
                       epochs=None, snapshot_dir=str(run_dir / "supernets" / str(k)),
+                      expect_snapshot=resume and _trained_before(run_dir, k),
                       init_from=str(run_dir / "supernets" / "0" / "snapshot.pt"))
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=k - 1)
         actors.append(create_supernet_actor(config["run_id"], k, kwargs, num_cpus=res["actor_cpus"],
@@ -307,6 +319,14 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
                         "strategy": res["placement_strategy"], "actor_cpus": res["actor_cpus"],
                         "nodes": nodes, "regions": [[list(a) for a in r.allowed_ops] for r in regions]}
     return info, res, actors
+
+
+def _trained_before(run_dir: Path, supernet: int) -> bool:
+    """Whether the run's row log holds a train row of ``supernet`` (its snapshot must exist)."""
+    from raynas.rowlog import read_records
+
+    return any(r.get("kind") == "train" and r.get("supernet", 0) == supernet and r.get("steps", 1) > 0
+               for r in read_records(run_dir))
 
 
 def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float):
@@ -322,35 +342,6 @@ def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float):
     )
 
 
-def work_unit_tuner(trainable, searcher, run_dir: Path, res: dict, *, callbacks: list):
-    """A new Tune experiment in ``run_dir`` driven by a raynas searcher (at most ``res["max_concurrent"]`` live units)."""
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback
-    from ray.tune.search import ConcurrencyLimiter
-
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=res["max_concurrent"]),
-            num_samples=-1,
-            reuse_actors=True,
-            trial_name_creator=_trial_name,
-            trial_dirname_creator=_trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
-            verbose=0,
-            # result.json is what raynas's tables read; Tune's CSV and TensorBoard loggers would
-            # cost a write per candidate row for nothing
-            callbacks=[*callbacks, JsonLoggerCallback()],
-            failure_config=tune.FailureConfig(max_failures=res["max_failures"]),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        ),
-    )
-
-
 def _root_cause(err: BaseException) -> str:
     """The innermost error's one-line message (Ray wraps an actor's __init__ error twice)."""
     text = str(err)
@@ -359,11 +350,6 @@ def _root_cause(err: BaseException) -> str:
             if marker in line:
                 return line.split(marker, 1)[1].strip()
     return text.splitlines()[0] if text else type(err).__name__
-
-
-def _trial_name(trial) -> str:
-    # the default name spells out the whole config (a cohort of archs): keep it short
-    return f"unit{trial.config.get('unit', 'x'):>05}-{trial.config.get('kind', 'unit')}-{trial.trial_id}"
 
 
 def _final_info(config: dict, info: dict) -> dict:

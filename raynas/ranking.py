@@ -26,9 +26,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from raynas.errors import UsageError
+
 #: the metadata key under which a truth parquet carries its recipe and reliability
 TRUTH_METADATA_KEY = b"raynas.truth"
 TRUTH_COLUMNS = ("arch", "seed", "valid_acc")
+#: columns of a run's candidates.parquet that no truth table has (a run's scores are not a truth)
+RUN_ONLY_COLUMNS = ("run_id", "supernet_version", "position")
 
 
 def _as_series(values, name: str) -> pd.Series:
@@ -98,9 +102,18 @@ def read_truth(path: str | Path) -> tuple[pd.DataFrame, dict]:
     table = pq.read_table(path)
     raw = (table.schema.metadata or {}).get(TRUTH_METADATA_KEY)
     frame = table.to_pandas()
+    holds = (f"a truth table holds one row per (arch, training seed) of a standalone training, columns "
+             f"{', '.join(TRUTH_COLUMNS)} (build one with `raynas truth`)")
+    if raw is None and any(c in frame.columns for c in RUN_ONLY_COLUMNS):
+        raise ValueError(f"truth table {path}: is a run's table of supernet scores (it has "
+                         f"{', '.join(c for c in RUN_ONLY_COLUMNS if c in frame.columns)}), not a truth; {holds}")
     missing = [c for c in TRUTH_COLUMNS if c not in frame.columns]
     if missing:
-        raise ValueError(f"truth table {path}: no column(s) {missing}; expected one row per (arch, seed) with {list(TRUTH_COLUMNS)}")
+        raise ValueError(f"truth table {path}: no column(s) {missing}; {holds}")
+    if frame.empty:
+        raise ValueError(f"truth table {path}: has no rows; {holds}")
+    if not pd.api.types.is_numeric_dtype(frame["valid_acc"]) or pd.api.types.is_bool_dtype(frame["valid_acc"]):
+        raise ValueError(f"truth table {path}: valid_acc is {frame['valid_acc'].dtype}, not a number; {holds}")
     return frame, (json.loads(raw) if raw else {})
 
 
@@ -223,15 +236,18 @@ def rank_run(run_dir: str | Path, truth_path: str | Path, *, top_k: Sequence[int
 
 def _rank_one(run_dir: Path, truth: pd.Series, top_k: Sequence[int]) -> dict:
     scores = run_scores(run_dir)
-    identity: dict = {"run_id": run_dir.name, "method": None, "seed": None}
+    identity: dict = {"run_id": run_dir.name, "method": None, "seed": None, "status": "unknown"}
     summary = run_dir / "summary.parquet"
     if summary.is_file():
         row = pd.read_parquet(summary).iloc[0]
-        identity = {"run_id": row["run_id"], "method": row["method"], "seed": int(row["seed"])}
+        # an unfinished run's scores are ranked as they are, and flagged by its status
+        identity = {"run_id": row["run_id"], "method": row["method"], "seed": int(row["seed"]),
+                    "status": row.get("status") if isinstance(row.get("status"), str) else "unknown"}
     try:
         result = rank_stats(scores, truth, top_k=top_k)
     except ValueError as err:
-        raise ValueError(f"{run_dir}: {err}") from None
+        # a run and a truth that cannot be compared: bad input (one line, exit 2), not a bug
+        raise UsageError(f"{run_dir}: {err}") from None
     return {**identity, "scored": len(scores), **result}
 
 

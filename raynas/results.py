@@ -4,9 +4,10 @@
 - ``summary.parquet``: one row per run (method, final arch, standalone accuracy, cost split).
 - ``manifest.json``: seed, versions, device, BN mode, dataset and its content hash, full config.
 
-Tables are built from the rows Tune persisted (each trial's ``result.json``), so they hold
-exactly what the trials reported; a unit that ran twice (a retry, a resumed search) is counted
-once, by its unit id and position. Reading and comparing needs no Ray.
+Tables are built from the run's row log (:mod:`raynas.rowlog`, written by the driver as Tune hands
+each row over), so they hold exactly what the units reported; a unit that ran twice (a retry, a
+resumed search) is counted once, by its stable key and position. Every table carries the run's
+``status`` (complete, interrupted, failed). Reading and comparing needs no Ray.
 """
 
 from __future__ import annotations
@@ -26,48 +27,36 @@ SUMMARY_COLUMNS = [
     "run_id", "method", "space", "dataset", "seed", "preset", "final_arch", "final_arch_index",
     "standalone_valid_acc", "standalone_test_acc", "standalone_epochs", "candidates",
     "supernet_steps", "train_s", "score_s", "standalone_s", "device_s", "wall_s", "bn_mode", "device",
+    "status", "sessions",
 ]
+#: how a run ended: its searcher finished / it was stopped before (resumable) / it cannot finish
+STATUSES = ("complete", "interrupted", "failed")
 TABLES = ("candidates.parquet", "summary.parquet", "manifest.json")
 
 
-def read_trial_rows(run_dir: str | Path) -> pd.DataFrame:
-    """Every row every trial of the run reported, with its unit config flattened in."""
-    rows = []
-    for path in sorted(Path(run_dir).glob("*/result.json")):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                row = json.loads(line)
-                config = row.pop("config", {}) or {}
-                row.setdefault("unit", config.get("unit", -1))
-                for key in ("until", "C", "N", "epochs"):
-                    if key in config:
-                        row.setdefault(f"unit_{key}", config[key])
-                rows.append(row)
-    return pd.DataFrame(rows)
+def read_unit_rows(run_dir: str | Path) -> pd.DataFrame:
+    """Every unit row of the run's row log, one per (key, position) (:mod:`raynas.rowlog`)."""
+    from raynas.rowlog import read_rows
+
+    return pd.DataFrame(read_rows(run_dir))
 
 
-def _last_per(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
-    """One row per key (a re-run unit reports again: keep its latest row)."""
-    if frame.empty:
-        return frame
-    order = [c for c in ("timestamp", "time_total_s") if c in frame.columns]
-    if order:
-        frame = frame.sort_values(order, kind="stable")
-    return frame.drop_duplicates(subset=list(keys), keep="last").sort_values(list(keys), kind="stable")
+def _ordered(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    keys = [k for k in keys if k in frame.columns]
+    return frame.sort_values(keys, kind="stable") if keys and not frame.empty else frame
 
 
-def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wall_s: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Write ``candidates.parquet`` and ``summary.parquet`` (and the manifest) into ``run_dir``."""
+def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wall_s: float,
+                 status: str = "complete", rows: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write ``candidates.parquet`` and ``summary.parquet`` (and the manifest) into ``run_dir``,
+    from the run's row log (``rows``: those rows, if already read)."""
     run_dir = Path(run_dir)
-    rows = read_trial_rows(run_dir)
+    rows = read_unit_rows(run_dir) if rows is None else rows
     kind = rows["kind"] if "kind" in rows else pd.Series(dtype=object)
     net = {k: config["supernet"].get(k) for k in ("C", "N") if k in config.get("supernet", {})}
     net.update(num_classes=manifest.get("num_classes", 10), in_channels=manifest.get("in_channels", 3))
 
-    scored = _last_per(rows[kind == "score"], ["unit", "position"])
+    scored = _ordered(rows[kind == "score"], ["unit", "position"])
     candidates = pd.DataFrame(
         {
             "run_id": config["run_id"],
@@ -96,16 +85,16 @@ def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wa
     for column in ("supernet_version", "supernet", "batches", "samples", "unit", "position", "params", "flops"):
         candidates[column] = candidates[column].astype("int64")
 
-    trained = _last_per(rows[kind == "train"], ["unit"])
-    standalone = _last_per(rows[kind == "standalone"], ["unit", "epoch"])
-    finals = standalone.groupby("unit").tail(1) if not standalone.empty else standalone
+    trained = _ordered(rows[kind == "train"], ["unit"])
+    standalone = _ordered(rows[kind == "standalone"], ["unit", "position"])
+    finals = standalone.groupby("key").tail(1) if not standalone.empty else standalone
     if not finals.empty and "role" in finals:
         finals = finals[finals["role"] == "final"]
     best = finals.sort_values("valid_acc", ascending=False, kind="stable").head(1) if "valid_acc" in finals else finals.head(0)
     final_arch = str(best["arch"].iloc[0]) if len(best) else None
     train_s = float(trained["seconds"].sum()) if "seconds" in trained else 0.0
     # training-free proxies (TE-NAS) are this run's scoring cost
-    proxies = _last_per(rows[kind == "proxy"], ["unit", "position"])
+    proxies = rows[kind == "proxy"]
     score_s = float(candidates["device_s"].sum()) + (float(proxies["seconds"].sum()) if "seconds" in proxies else 0.0)
     standalone_s = float(finals["seconds"].sum()) if "seconds" in finals else 0.0
     summary = pd.DataFrame(
@@ -123,7 +112,9 @@ def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wa
                 "standalone_test_acc": float(best["test_acc"].iloc[0]) if len(best) and "test_acc" in best else math.nan,
                 "standalone_epochs": int(best["epoch"].iloc[0]) if len(best) else 0,
                 "candidates": len(candidates),
-                "supernet_steps": int(trained["version"].max()) if "version" in trained and len(trained) else 0,
+                # every supernet's optimizer steps (the one-shot supernet's and each sub-supernet's)
+                "supernet_steps": int(trained.groupby("supernet")["version"].max().sum())
+                if "version" in trained and len(trained) else 0,
                 "train_s": train_s,
                 "score_s": score_s,
                 "standalone_s": standalone_s,
@@ -131,6 +122,8 @@ def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wa
                 "wall_s": wall_s,
                 "bn_mode": manifest.get("bn_mode"),
                 "device": manifest.get("device"),
+                "status": status,
+                "sessions": int(manifest.get("sessions", 1)),
             }
         ],
         columns=SUMMARY_COLUMNS,
@@ -152,7 +145,8 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def load_summaries(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """The summary rows of finished runs (a directory holding several runs is searched one level down)."""
+    """The summary rows of runs (a directory holding several runs is searched one level down),
+    with each run's ``status``."""
     frames = []
     for run_dir in run_dirs:
         run_dir = Path(run_dir)
@@ -166,8 +160,15 @@ def load_summaries(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def compare_table(summaries: pd.DataFrame) -> pd.DataFrame:
-    """One row per (method, dataset): mean and spread over seeds of accuracy and cost."""
-    grouped = summaries.groupby(["method", "dataset"], sort=True)
+    """One row per (method, dataset): mean and spread over seeds of accuracy and cost, over the
+    *complete* runs only; ``unfinished`` counts the others (interrupted, failed, or written before
+    raynas recorded a status), which never enter a mean."""
+    summaries = summaries.copy()
+    if "status" not in summaries:
+        summaries["status"] = "unknown"
+    summaries["status"] = summaries["status"].fillna("unknown")
+    complete = summaries[summaries["status"] == "complete"]
+    grouped = complete.groupby(["method", "dataset"], sort=True)
     table = grouped.agg(
         runs=("run_id", "count"),
         test_acc_mean=("standalone_test_acc", "mean"),
@@ -179,5 +180,10 @@ def compare_table(summaries: pd.DataFrame) -> pd.DataFrame:
         score_s_mean=("score_s", "mean"),
         standalone_s_mean=("standalone_s", "mean"),
         final_archs=("final_arch", lambda s: "; ".join(sorted(set(map(str, s))))),
-    )
-    return table.reset_index()
+    ).reset_index()
+    unfinished = summaries[summaries["status"] != "complete"].groupby(["method", "dataset"]).size()
+    unfinished = unfinished.rename("unfinished").reset_index()
+    table = table.merge(unfinished, on=["method", "dataset"], how="outer")
+    table["runs"] = table["runs"].fillna(0).astype("int64")
+    table["unfinished"] = table["unfinished"].fillna(0).astype("int64")
+    return table.sort_values(["method", "dataset"]).reset_index(drop=True)

@@ -1,15 +1,18 @@
 """The work-unit trainable: one Tune trial = one unit of NAS work (DESIGN.md, "Work unit").
 
-A unit's config says its kind:
+A unit's config says its kind; every unit also carries ``key`` (stable: the same work issued
+again has the same key) and ``unit`` (a counter):
 
-- ``{"kind": "train", "supernet": k, "until": V, "policy": {...}}``: the supernet actor trains
-  until version V under the policy; one row.
-- ``{"kind": "score", "supernet": k, "archs": [...], "batches": b}``: the actor scores the
-  cohort; one row per candidate so searchers see each in ``on_trial_result``. Optional
+- ``{"kind": "train", "supernet": k, "start": F, "until": U, "policy": {...}}``: the supernet
+  actor's chunk from version F to U under the policy (an actor already past F replays the chunk
+  from its version-U snapshot, or redoes it from its version-F one); one row.
+- ``{"kind": "score", "supernet": k, "version": V, "archs": [...], "batches": b, "first_batch": s}``:
+  the actor scores the cohort at supernet version V, candidate j on valid batches s + j*b...;
+  one row per candidate so searchers see each in ``on_trial_result``. Optional
   ``"path_mode": "decoded"`` scores each arch's EvNAS mixture instead of its single path.
 - ``{"kind": "standalone", "arch": s, "epochs": E, ...}``: trains the arch from scratch in the
-  trial itself (it holds its own GPU when the cluster has them); a row and a checkpoint per
-  epoch, so a retried trial resumes.
+  trial itself (it holds its own GPU when the cluster has them); a row per epoch and a raynas
+  checkpoint every few epochs (``RUN_DIR/checkpoints/``, by key), so a re-issued unit resumes.
 - ``{"kind": "proxy", "masks": [...], "labels": [...], "repeats": R, "seed": s, ...}``: TE-NAS's
   training-free proxies (:func:`raynas.proxies.score_masks`) of each (6, 5) 0/1 op mask, computed
   in the trial itself (like standalone units, it holds its own CPU/GPU share); one row per mask
@@ -21,7 +24,7 @@ Trials only look actors up by name; they create none (they run inside placement 
 from __future__ import annotations
 
 import functools
-import tempfile
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,10 @@ from raynas.actor import get_supernet_actor
 from raynas.data import load_dataset
 from raynas.spaces import get_space
 from raynas.standalone import RECIPE, StandaloneTraining
+from raynas.worker import atomic_torch_save
 
 #: a score cohort is sent to its actor in this many slices (overlap of scoring and reporting)
 SCORE_SLICES = 8
-#: valid batches reserved per unit id in the fixed batch sequence of scoring
-SCORE_BATCH_STRIDE = 100_003
 
 KINDS = ("train", "score", "standalone", "proxy")
 
@@ -49,26 +51,33 @@ def _splits(dataset: str, data_dir: str | None, options: tuple):
 
 
 def work_unit(config: dict, run: dict) -> None:
-    """Run one work unit. ``run`` carries the run's identity and data (``tune.with_parameters``)."""
+    """Run one work unit. ``run`` carries the run's identity and data (``tune.with_parameters``).
+
+    Every row carries the unit's ``key`` (stable across re-issues), ``unit`` and ``position``
+    (0 for a train row, the candidate's place in its cohort, the epoch of a standalone row): the
+    run's row log keys rows by (key, position), so a unit re-run after a crash replaces its rows.
+    """
     kind = config.get("kind")
-    base = {"kind": kind, "unit": config.get("unit", -1)}
+    base = {"kind": kind, "unit": config.get("unit", -1), "key": config.get("key") or f"unit/{config.get('unit', -1)}"}
     if kind == "train":
         actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
-        out = ray.get(actor.train.remote(config.get("policy", "uniform"), until=config["until"]))
-        tune.report({**base, "supernet": config.get("supernet", 0), **out})
+        # the chunk is addressed by the versions it spans: a re-run chunk replays or redoes exactly it
+        out = ray.get(actor.train.remote(config.get("policy", "uniform"), until=config["until"], start=config.get("start")))
+        tune.report({**base, "position": 0, "supernet": config.get("supernet", 0), **out})
     elif kind == "score":
         actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
         archs = config["archs"]
         # The cohort goes to the actor in slices, all queued at once: the actor scores slice i+1
         # while this trial reports the rows of slice i (one Tune round trip per row). One caller's
-        # calls run in order, so the valid-batch stream is consumed exactly as by one call.
+        # calls run in order.
         size = max(1, -(-len(archs) // SCORE_SLICES))
-        # each candidate's valid batches are fixed by (unit, position): same seed, same scores,
-        # whatever order concurrent cohorts reach the actor in (and a re-run unit repeats itself)
+        # each candidate's valid batches are fixed by the cohort's place in the search
+        # ("first_batch", from the searcher) and the candidate's position: same seed, same scores,
+        # whatever order concurrent cohorts reach the actor in, and a re-run cohort repeats itself
         batches = config.get("batches", 1)
-        offset = config.get("unit", 0) * SCORE_BATCH_STRIDE
+        first = int(config.get("first_batch") or 0)
         refs = [actor.score.remote(archs[i:i + size], batches=batches, path_mode=config.get("path_mode", "arch"),
-                                   start=None if batches is None else offset + i * batches)
+                                   start=None if batches is None else first + i * batches, version=config.get("version"))
                 for i in range(0, len(archs), size)]
         position = 0
         for ref in refs:
@@ -83,6 +92,12 @@ def work_unit(config: dict, run: dict) -> None:
         raise ValueError(f"work unit kind={kind!r}; expected one of {KINDS}")
 
 
+def checkpoint_path(run_dir: str | Path, key: str) -> Path:
+    """Where raynas keeps the checkpoint of the standalone training with this unit key."""
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    return Path(run_dir) / "checkpoints" / f"{digest}.pt"
+
+
 def _standalone(config: dict, run: dict, base: dict) -> None:
     splits = _splits(run["dataset"], run.get("data_dir"), tuple(sorted((run.get("data_options") or {}).items())))
     device = "cuda" if ray.get_gpu_ids() else "cpu"
@@ -93,26 +108,24 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
         get_space(run["space"]), config["arch"], splits, C=config.get("C", 16), N=config.get("N", 5),
         seed=config.get("seed", 777), device=device, eval_every=config.get("eval_every", 1), **recipe,
     )
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            saved = torch.load(Path(directory) / "state.pt", map_location=device, weights_only=False)
+    # raynas's own checkpoint, by unit key (not Tune's): a unit re-issued after a crash, in this
+    # session or a resumed one, continues the same training from its last checkpoint
+    path = checkpoint_path(run["run_dir"], base["key"])
+    if path.is_file():
+        saved = torch.load(path, map_location=device, weights_only=True)
         training.load_state_dict(saved["training"])
-        # The rows reported before a driver died may not have reached result.json (Tune copies it
-        # from a staging folder later than checkpoints): report the checkpoint's row again, so
-        # the last epoch's row exists even when the training was already done.
+        # the rows after this checkpoint are redone; its own row is reported again so that a
+        # finished training still ends on its last epoch's row
         tune.report(saved["row"])
-    # a checkpoint every few epochs (~10 per training): each one is a copy to storage
-    every = int(config.get("checkpoint_every") or max(1, training.recipe["epochs"] // 10))
+    # a checkpoint every few epochs (~10 per training, and after the last one)
+    every = int(config.get("checkpoint_every") or max(1, -(-training.recipe["epochs"] // 10)))
     while not training.done:
         row = {**base, "arch": str(training.arch), "role": config.get("role", ""), "device": device,
                **training.run_epoch()}
-        if training.epoch % every and not training.done:
-            tune.report(row)
-            continue
-        with tempfile.TemporaryDirectory() as directory:
-            torch.save({"training": training.state_dict(), "row": row}, Path(directory) / "state.pt")
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(directory))
+        row["position"] = row.get("epoch", 0)
+        if training.epoch % every == 0 or training.done:
+            atomic_torch_save({"key": base["key"], "training": training.state_dict(), "row": row}, path)
+        tune.report(row)
 
 
 def _proxy(config: dict, run: dict, base: dict) -> None:

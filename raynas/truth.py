@@ -29,8 +29,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import shutil
+
 from ray.tune import Callback
 from ray.tune.search import Searcher
+
+from raynas.errors import SearchFailed, UsageError
 
 from raynas.searchers.base import WorkUnitSearcher
 from raynas.spaces import get_space
@@ -158,7 +162,8 @@ class TruthSearcher(WorkUnitSearcher):
         if self.issued_ < len(self.units_):
             arch, seed = self.units_[self.issued_]
             self.issued_ += 1
-            return {"kind": "standalone", "arch": arch, "seed": seed, "role": "truth", **self.standalone}
+            return {"kind": "standalone", "key": f"standalone/{arch}/s{seed}", "arch": arch, "seed": seed,
+                    "role": "truth", **self.standalone}
         return Searcher.FINISHED
 
     def _on_complete(self, unit: dict, row: dict) -> None:
@@ -194,6 +199,67 @@ class _Progress(Callback):
 
 
 # --- the build --------------------------------------------------------------------------------
+class TruthExperiment:
+    """A truth build as :func:`raynas.lifecycle.execute` runs it: standalone trainings only."""
+
+    max_failures = 2
+
+    def __init__(self, config: dict, sample: pd.DataFrame, *, max_concurrent: int | None, verbose: int) -> None:
+        self.config, self.sample, self.verbose = config, sample, verbose
+        self.requested_concurrency = max_concurrent
+        self.max_concurrent = int(max_concurrent or 1)
+        self.res: dict = {}
+        self.gpus = 0.0
+        self.cpus = 0.0
+        recipe = config["recipe"]
+        # short trainings: a checkpoint, and the valid evaluation, at the end only
+        self.standalone = dict(recipe, checkpoint_every=recipe["epochs"], eval_every=recipe["epochs"])
+        self.units = [(a, s) for s in config["seeds"] for a in sample["arch"]]
+
+    def searcher_class(self):
+        return TruthSearcher
+
+    def start(self, run_dir: Path, *, resume: bool):
+        import ray
+
+        from raynas.driver import DEFAULTS, _cluster_gpus, work_unit_trainable
+
+        config = self.config
+        res = dict(DEFAULTS["resources"])
+        self.gpus = _cluster_gpus()
+        self.cpus = float(ray.cluster_resources().get("CPU", 0))
+        standalone_gpus = 1.0 if self.gpus else 0.0
+        fits = int(self.gpus // standalone_gpus) if self.gpus else int(max(self.cpus, 1) // res["standalone_cpus"])
+        wanted = self.requested_concurrency
+        res["max_concurrent"] = self.max_concurrent = max(1, min(fits, int(wanted)) if wanted else fits)
+        self.res = res
+        if self.verbose:
+            recipe = config["recipe"]
+            print(f"raynas truth: {len(self.sample)} archs x {len(config['seeds'])} seeds = {len(self.units)} trainings "
+                  f"({recipe['epochs']} epochs, C={recipe['C']}, N={recipe['N']}) on {config['dataset']}, "
+                  f"{res['max_concurrent']} at once; experiment in {run_dir}", file=sys.stderr, flush=True)
+        run = {"run_id": run_dir.name, "run_dir": str(run_dir), "space": config["space"], "dataset": config["dataset"],
+               "data_dir": config["data_dir"], "data_options": config["data_options"]}
+        return work_unit_trainable(run, res, standalone_gpus=standalone_gpus)
+
+    def new_searcher(self):
+        kwargs = dict(archs=list(self.sample["arch"]), seeds=self.config["seeds"], standalone=self.standalone,
+                      space=self.config["space"], seed=self.config["sample_seed"], max_concurrent=self.max_concurrent)
+        return TruthSearcher(**kwargs), kwargs
+
+    def callbacks(self, run_dir: Path, *, resume: bool) -> list:
+        from raynas.results import read_unit_rows
+
+        done = _finished_units(read_unit_rows(run_dir)) if resume else 0
+        return [_Progress(len(self.units), self.verbose, done)]
+
+    def stop(self) -> None:
+        pass
+
+    def finish(self, run_dir: Path, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
+        pass  # the table is written by build_truth once the build is complete
+
+
 def _sidecar(output: Path) -> Path:
     return output.with_suffix(".json")
 
@@ -231,13 +297,12 @@ def build_truth(
     ``max_concurrent`` (default: what the cluster's CPUs, or GPUs, hold) caps the trainings run at once.
     """
     from raynas.data import DatasetError, dataset_names, load_dataset
-    from raynas.driver import DEFAULTS, UsageError, _cluster_gpus, _init_ray, work_unit_trainable, work_unit_tuner
+    from raynas.lifecycle import execute
     from raynas.ranking import TRUTH_METADATA_KEY, truth_reliability
-    from raynas.results import read_trial_rows, write_json
-    from raynas.resume import StateBackup, repair
+    from raynas.results import read_unit_rows, write_json
+    from raynas.rowlog import SEARCHER_STATE
     from raynas.standalone import RECIPE
 
-    started = time.perf_counter()
     if resume is not None:
         run_dir = Path(resume).resolve()
         if not (run_dir / "truth.json").is_file():
@@ -284,44 +349,25 @@ def build_truth(
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    _init_ray(address, num_cpus, verbose)
-    import ray
-    from ray import tune
-
-    res = dict(DEFAULTS["resources"])
-    gpus = _cluster_gpus()
-    standalone_gpus = 1.0 if gpus else 0.0
-    fits = int(gpus // standalone_gpus) if gpus else int(ray.cluster_resources().get("CPU", 1) // res["standalone_cpus"])
-    res["max_concurrent"] = max(1, min(fits, int(max_concurrent)) if max_concurrent else fits)
-    # short trainings: a checkpoint, and the valid evaluation, at the end only
-    standalone = dict(recipe, checkpoint_every=recipe["epochs"], eval_every=recipe["epochs"])
-    searcher = TruthSearcher(archs=list(sample["arch"]), seeds=config["seeds"], standalone=standalone,
-                             space=config["space"], seed=config["sample_seed"], max_concurrent=res["max_concurrent"])
-    if verbose:
-        print(f"raynas truth: {len(sample)} archs x {len(config['seeds'])} seeds = {len(searcher.units_)} trainings "
-              f"({recipe['epochs']} epochs, C={recipe['C']}, N={recipe['N']}) on {config['dataset']}, "
-              f"{res['max_concurrent']} at once; experiment in {run_dir}", file=sys.stderr, flush=True)
-    run = {"run_id": run_dir.name, "space": config["space"], "dataset": config["dataset"],
-           "data_dir": config["data_dir"], "data_options": config["data_options"]}
-    trainable = work_unit_trainable(run, res, standalone_gpus=standalone_gpus)
-    done = _finished_units(read_trial_rows(run_dir)) if resume is not None else 0
-    callbacks = [_Progress(len(searcher.units_), verbose, done), StateBackup(run_dir)]
-    if resume is not None:
-        repair(run_dir)  # Tune's state files of a killed driver, put back to raynas's last complete copy
-        tuner = tune.Tuner.restore(str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-        tuner._local_tuner._run_config.callbacks = callbacks  # restored run configs drop callbacks
-    else:
+    if resume is None:
         run_dir.mkdir(parents=True)
         write_json(run_dir / "truth.json", config)
-        tuner = work_unit_tuner(trainable, searcher, run_dir, res, callbacks=callbacks)
-    tuner.fit()
-    wall_path = run_dir / "truth-wall.json"
-    wall_s = (json.loads(wall_path.read_text())["wall_s"] if wall_path.exists() else 0.0) + time.perf_counter() - started
-    write_json(wall_path, {"wall_s": wall_s})
-
-    table = _table(read_trial_rows(run_dir), searcher.units_, sample, space=config["space"], net=net,
+    experiment = TruthExperiment(config, sample, max_concurrent=max_concurrent, verbose=verbose)
+    try:
+        ended = execute(experiment, run_dir, resume=resume is not None, address=address, num_cpus=num_cpus,
+                        verbose=verbose)
+    finally:
+        if resume is None and not (run_dir / SEARCHER_STATE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a build that never started leaves nothing behind
+    if ended.status != "complete":
+        reason = f": {ended.message}" if ended.message else ""
+        raise SearchFailed(f"the truth build {ended.status}{reason}; `raynas truth --resume {run_dir}` continues it") \
+            if ended.status == "failed" else KeyboardInterrupt()
+    wall_s, res, gpus = ended.wall_s, experiment.res, experiment.gpus
+    searcher_units = experiment.units
+    table = _table(read_unit_rows(run_dir), searcher_units, sample, space=config["space"], net=net,
                    input_size=info.input_size)
-    missing = len(searcher.units_) - len(table)
+    missing = len(searcher_units) - len(table)
     reliability = truth_reliability(table)
     meta = {
         **config,
@@ -334,7 +380,7 @@ def build_truth(
         "missing_rows": missing,
         "reliability": reliability,
         "cost": {"wall_s": wall_s, "train_s": float(table["seconds"].sum()), "max_concurrent": res["max_concurrent"],
-                 "cluster_cpus": float(ray.cluster_resources().get("CPU", 0)), "cluster_gpus": gpus,
+                 "cluster_cpus": experiment.cpus, "cluster_gpus": gpus,
                  "device": str(table["device"].iloc[0]) if len(table) else None},
         "versions": _versions(),
         "host": platform.node(),
@@ -361,21 +407,20 @@ def _finished_units(rows: pd.DataFrame) -> int:
     if rows.empty or "kind" not in rows:
         return 0
     rows = rows[rows["kind"] == "standalone"]
-    return int(rows.loc[rows["epoch"] == rows["epochs"], "unit"].nunique())
+    return int(rows.loc[rows["epoch"] == rows["epochs"], "key"].nunique())
 
 
 def _table(rows: pd.DataFrame, units: list[tuple[str, int]], sample: pd.DataFrame, *, space: str, net: dict,
            input_size: int) -> pd.DataFrame:
-    """One row per finished (arch, seed): its last epoch's row (unit ids index ``units``)."""
-    from raynas.results import _last_per
-
+    """One row per finished (arch, seed) of ``units``: its last epoch's row."""
     if rows.empty or "kind" not in rows:
         raise RuntimeError("truth: no training finished; see the experiment's trial logs")
-    rows = _last_per(rows[rows["kind"] == "standalone"], ["unit", "epoch"])
+    rows = rows[rows["kind"] == "standalone"]
     finals = rows[rows["epoch"] == rows["epochs"]].copy()
-    finals["seed"] = [units[int(u)][1] for u in finals["unit"]]
-    if any(units[int(u)][0] != a for u, a in zip(finals["unit"], finals["arch"])):
-        raise RuntimeError("truth: a trial's arch does not match its unit; the experiment directory is not this build's")
+    wanted = {f"standalone/{a}/s{s}": s for a, s in units}
+    if not set(finals["key"]) <= set(wanted):
+        raise RuntimeError("truth: a training's arch and seed are not this build's; the experiment directory is another's")
+    finals["seed"] = [wanted[k] for k in finals["key"]]
     the_space = get_space(space)
     facts = sample.set_index("arch")
     archs = [the_space.parse(a) for a in finals["arch"]]

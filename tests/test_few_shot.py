@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from raynas.driver import search
+from raynas.rowlog import read_rows
 from raynas.spaces import get_space
 
 FEW = {
@@ -31,14 +32,16 @@ def test_few_shot_rsps_scores_each_candidate_on_its_region(ray_session, tmp_path
         region = space.parse(arch).ops[0]  # split on edge 1<-0: region k holds op k there
         assert supernet == region + 1 and version == 8
     parent = run / "supernets" / "0" / "snapshot.pt"
-    assert torch.load(parent, weights_only=False)["version"] == manifest["supernet"]["total_steps"]
+    assert torch.load(parent, weights_only=True)["version"] == manifest["supernet"]["total_steps"]
     trained_subs = {int(k) for k in candidates["supernet"]}
     for k in range(1, 6):
-        state = torch.load(run / "supernets" / str(k) / "snapshot.pt", weights_only=False)
+        state = torch.load(run / "supernets" / str(k) / "snapshot.pt", weights_only=True)
         assert state["version"] == 8 and state["initialized_from"] == str(parent)
     assert trained_subs <= set(range(1, 6))
     summary = pd.read_parquet(run / "summary.parquet").iloc[0]
     assert summary["final_arch"] in set(candidates["arch"])
+    # every supernet's steps: the one-shot supernet's and each sub-supernet's
+    assert summary["supernet_steps"] == manifest["supernet"]["total_steps"] + 5 * 8
 
 
 def test_few_shot_needs_a_one_shot_method(tmp_path):
@@ -95,7 +98,7 @@ def test_few_shot_setn_takes_each_regions_template_from_its_own_alpha(ray_sessio
     run = search("setn", overrides=few, storage=tmp_path, name="few-setn", verbose=0)
     candidates = pd.read_parquet(run / "candidates.parquet")
     space = get_space("nb201")
-    rows = [json.loads(line) for p in sorted(run.glob("unit*-train-*/result.json")) for line in open(p)]
+    rows = sorted((r for r in read_rows(run.run_dir) if r["kind"] == "train"), key=lambda r: r["version"])
     for k, region in enumerate(space.split([0]), start=1):
         alpha = [r["alpha"] for r in rows if r["supernet"] == k][-1]
         expected = {str(space.arch(ops)) for ops in template_top_k(np.asarray(alpha), 2, region.allowed_ops)}

@@ -243,6 +243,7 @@ def test_rank_a_run_against_a_truth_of_its_archs(rsps_run, tmp_path, capsys):
     table = rank_runs([rsps_run], path)
     row = table.iloc[0]
     assert row["run_id"] == "rsps" and row["method"] == "rsps" and row["scored"] == 6 and row["n"] == 5
+    assert row["status"] == "complete"
     assert row["kendall_tau"] == pytest.approx(stats.kendalltau(scores[held], truth[held]).statistic)
     assert row["spearman"] == pytest.approx(stats.spearmanr(scores[held], truth[held]).statistic)
     assert math.isnan(row["top10_precision"])
@@ -252,7 +253,7 @@ def test_rank_a_run_against_a_truth_of_its_archs(rsps_run, tmp_path, capsys):
     assert parsed["n"] == 5 and parsed["kendall_tau"] == pytest.approx(row["kendall_tau"]) and "top2_precision" in parsed
     assert main(["rank", str(rsps_run), "--truth", str(path), "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("run_id,method,seed,scored,n,kendall_tau") and len(lines) == 2
+    assert lines[0].startswith("run_id,method,seed,status,scored,n,kendall_tau") and len(lines) == 2
     assert main(["rank", str(rsps_run), "--truth", str(path)]) == 0
     assert "rsps" in capsys.readouterr().out
     # errors: one line, exit 2
