@@ -105,9 +105,7 @@ class _Units:
 
 def raynas_units(args, run_id: str, units: list[dict], storage: str) -> float:
     """Runs the units through Tune on the existing actor, exactly as ``raynas search`` sets Tune
-    up (``raynas.driver``'s trainable and tuner). Returns wall seconds of the fit."""
-    from pathlib import Path
-
+    up (``raynas.driver``'s trainable, ``raynas.lifecycle``'s tuner). Returns wall seconds of the fit."""
     from raynas.driver import DEFAULTS, work_unit_trainable
     from raynas.lifecycle import make_tuner
 

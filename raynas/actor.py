@@ -12,6 +12,7 @@ the same supernet settings (:func:`raynas.worker.worker_settings`: all but devic
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -43,6 +44,17 @@ def actor_name(run_id: str, supernet: int) -> str:
     return f"{run_id}/supernet-{supernet}"
 
 
+def _wait_until_released(name: str, timeout_s: float = 30.0) -> None:
+    """Wait (briefly) until Ray no longer resolves ``name``: a killed actor frees its name a moment later."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(name, namespace=NAMESPACE)
+        except ValueError:
+            return
+        time.sleep(0.1)
+
+
 def create_supernet_actor(
     run_id: str,
     supernet: int,
@@ -65,7 +77,15 @@ def create_supernet_actor(
     except ValueError:
         existing = None
     if existing is not None:
-        have = ray.get(existing.settings.remote())
+        try:
+            have = ray.get(existing.settings.remote())
+        except ray.exceptions.RayActorError:
+            # an actor of that name that died in its creation (a run that could not start): it
+            # holds the name only until Ray has buried it; end it for good and start a new one
+            ray.kill(existing, no_restart=True)
+            _wait_until_released(name)
+            existing, have = None, None
+    if existing is not None:
         key = settings_difference(have, wanted)
         if key is not None:
             raise ValueError(f"a supernet actor {name!r} already runs with {key}={have.get(key)!r}; this run asks "

@@ -444,7 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raynas {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("raynas: interrupted; `raynas search --resume RUN_DIR` continues a search", file=sys.stderr)
+        how = {"truth": "`raynas truth --resume EXPERIMENT_DIR` continues the build"}.get(
+            args.command, "`raynas search --resume RUN_DIR` continues a search")
+        print(f"raynas {args.command}: interrupted; {how}", file=sys.stderr)
         return 130
 
 

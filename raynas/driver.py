@@ -18,7 +18,6 @@ import platform
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from raynas import __version__
 from raynas.errors import SearchFailed, UsageError
@@ -290,6 +289,8 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
     try:
         info = ray.get(actors[0].info.remote())
     except ray.exceptions.RayActorError as err:
+        # no restart either: a shared Ray (a test session, a cluster) keeps no broken named actor
+        ray.kill(actors[0], no_restart=True)
         raise UsageError(f"the supernet actor could not start: {_root_cause(err)}") from None
     if not regions:
         return info, res, actors

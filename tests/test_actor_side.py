@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from raynas import policies
 from raynas.spaces import get_space
-from raynas.worker import SupernetWorker, plain, settings_difference, version_file, worker_settings
+from raynas.worker import plain, settings_difference, version_file, worker_settings
+from tests.test_worker import make
 
 ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 #: row keys that measure time, not results
@@ -22,12 +23,6 @@ TIMING = ("seconds", "samples_per_s")
 SETN = {"name": "setn", "seed": 0}
 
 
-def make(tmp_path=None, **kw):
-    args = dict(dataset="digits", C=4, N=1, epochs=2, valid_batch_size=64, seed=0)
-    if tmp_path is not None:
-        args["snapshot_dir"] = str(tmp_path)
-    args.update(kw)
-    return SupernetWorker(**args)
 
 
 def results(row):
