@@ -272,6 +272,8 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
 
     edges = config["searcher"].get("few_shot")
     regions = space.split(space.parse_edges(edges)) if edges else []
+    # one read of the row log for every actor (a 2-edge split has 26)
+    trained = _trained_supernets(run_dir) if resume else set()
     res = dict(res)
     if regions:
         # K + 1 actors and up to K concurrent light trials must fit the cluster's CPUs
@@ -283,7 +285,7 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
                          data_dir=config["data_dir"], data_options=config["data_options"], seed=config["seed"],
                          snapshot_dir=str(run_dir / "supernets" / "0"),
                          # a resumed run continues its supernets: a missing snapshot is an error, never a silent restart
-                         expect_snapshot=resume and _trained_before(run_dir, 0))
+                         expect_snapshot=resume and 0 in trained)
     actors = [create_supernet_actor(config["run_id"], 0, worker_kwargs, num_cpus=res["actor_cpus"],
                                     num_gpus=actor_gpus, max_restarts=res["max_restarts"])]
     try:
@@ -309,7 +311,7 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
     for k, region in enumerate(regions, start=1):
         kwargs = dict(worker_kwargs, allowed_ops=[list(a) for a in region.allowed_ops], total_steps=steps,
                       epochs=None, snapshot_dir=str(run_dir / "supernets" / str(k)),
-                      expect_snapshot=resume and _trained_before(run_dir, k),
+                      expect_snapshot=resume and k in trained,
                       init_from=str(run_dir / "supernets" / "0" / "snapshot.pt"))
         strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=k - 1)
         actors.append(create_supernet_actor(config["run_id"], k, kwargs, num_cpus=res["actor_cpus"],
@@ -322,12 +324,11 @@ def _start_supernets(config: dict, run_dir: Path, res: dict, space, actor_gpus: 
     return info, res, actors
 
 
-def _trained_before(run_dir: Path, supernet: int) -> bool:
-    """Whether the run's row log holds a train row of ``supernet`` (its snapshot must exist)."""
+def _trained_supernets(run_dir: Path) -> set[int]:
+    """The supernets with a train row in the run's row log (their snapshots must exist)."""
     from raynas.rowlog import read_records
 
-    return any(r.get("kind") == "train" and r.get("supernet", 0) == supernet and r.get("steps", 1) > 0
-               for r in read_records(run_dir))
+    return {r.get("supernet", 0) for r in read_records(run_dir) if r.get("kind") == "train" and r.get("steps", 1) > 0}
 
 
 def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float):
