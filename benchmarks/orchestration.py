@@ -106,7 +106,8 @@ class _Units:
 def raynas_units(args, run_id: str, units: list[dict], storage: str) -> float:
     """Runs the units through Tune on the existing actor, exactly as ``raynas search`` sets Tune
     up (``raynas.driver``'s trainable, ``raynas.lifecycle``'s tuner). Returns wall seconds of the fit."""
-    from raynas.driver import DEFAULTS, work_unit_trainable
+    from raynas.driver import DEFAULTS
+    from raynas.supernets import work_unit_trainable
     from raynas.lifecycle import make_tuner
 
     run = {"run_id": run_id, "run_dir": storage, "space": "nb201", "dataset": args.dataset, "data_dir": None,

@@ -222,11 +222,12 @@ class TruthExperiment:
     def start(self, run_dir: Path, *, resume: bool):
         import ray
 
-        from raynas.driver import DEFAULTS, _cluster_gpus, work_unit_trainable
+        from raynas.driver import DEFAULTS
+        from raynas.supernets import cluster_gpus, work_unit_trainable
 
         config = self.config
         res = dict(DEFAULTS["resources"])
-        self.gpus = _cluster_gpus()
+        self.gpus = cluster_gpus()
         self.cpus = float(ray.cluster_resources().get("CPU", 0))
         standalone_gpus = 1.0 if self.gpus else 0.0
         fits = int(self.gpus // standalone_gpus) if self.gpus else int(max(self.cpus, 1) // res["standalone_cpus"])

@@ -22,7 +22,7 @@ def _setup(method, tmp_path, name, seed=0):
     import ray
 
     from raynas.actor import create_supernet_actor
-    from raynas.driver import work_unit_trainable
+    from raynas.supernets import work_unit_trainable
 
     run_id = f"citizen-{name}-{tmp_path.name}"
     worker = dict(SUPERNET, space="nb201", dataset="digits", seed=seed,
