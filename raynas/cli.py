@@ -122,11 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--candidates", metavar="FILE",
                    help="score exactly these archs (rsps): a truth table, a candidates.parquet or a text file of "
                         "arch strings; with --preset rank, a ranking run for `raynas rank`")
-    s.add_argument("--storage", default="runs", help="folder of run directories (default ./runs)")
+    s.add_argument("--storage", default="runs", help="where run directories go: a folder (default ./runs) or a URI "
+                        "every node reaches, e.g. s3://BUCKET/runs, gs://BUCKET/runs")
     s.add_argument("--name", help="run directory name (default METHOD-DATASET-sSEED-TIME)")
     s.add_argument("--address", help="Ray cluster address to join (default: start an embedded local Ray)")
     s.add_argument("--num-cpus", type=_int_arg(1, " (omit it for all CPUs)"), help="CPUs of the embedded local Ray (default: all)")
-    s.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR (a folder or a URI)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     s.add_argument("-v", "--verbose", action="store_true", help="every candidate, and the workers' logs")
 

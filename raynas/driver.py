@@ -12,20 +12,19 @@ Both return a :class:`Run`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from raynas import __version__
 from raynas.errors import SearchFailed, UsageError
-from raynas.results import build_tables, is_run_dir, write_json
+from raynas.results import build_tables, read_json, read_parquet, write_json
 from raynas.rowlog import SEARCHER_STATE
 from raynas.searchers import get_searcher_class
 from raynas.settings import ResourcesSettings, make_config, resume_overrides
 from raynas.spaces import get_space
+from raynas.storage import Location
 from raynas.supernets import cluster_gpus, final_info, start_supernets, stop_supernets, work_unit_trainable
 
 #: the resources section's defaults (raynas.settings.ResourcesSettings, as a dict)
@@ -34,49 +33,53 @@ DEFAULTS = {"resources": ResourcesSettings().to_dict()}
 
 @dataclass
 class Run:
-    """A run directory and how it stands. Path-like: ``run / "candidates.parquet"`` is a file of
-    the run, and ``os.fspath(run)`` its directory."""
+    """A run directory and how it stands. ``run_dir`` is a :class:`~pathlib.Path` for a local run
+    and a :class:`~raynas.storage.Location` for one in object storage; ``run / "candidates.parquet"``
+    is a file of the run, and a local run is path-like (``os.fspath(run)``: its directory)."""
 
-    run_dir: Path
-    status: str
+    run_dir: "Path | Location"
+    status: str | None
     message: str | None = None
 
+    def __post_init__(self) -> None:
+        where = Location(self.run_dir)
+        self.run_dir = where.local_path if where.is_local else where
+
+    @property
+    def location(self) -> Location:
+        return Location(self.run_dir)
+
     @classmethod
-    def open(cls, run_dir: str | os.PathLike) -> "Run":
+    def open(cls, run_dir: "str | os.PathLike | Location") -> "Run":
         """The run in ``run_dir`` as its manifest records it (``status`` None: it never ended a session)."""
-        run_dir = Path(run_dir)
-        manifest = run_dir / "manifest.json"
-        status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else None
+        manifest = Location(run_dir) / "manifest.json"
+        status = read_json(manifest).get("status") if manifest.is_file() else None
         return cls(run_dir, status)
 
     @property
     def candidates(self):
-        import pandas as pd
-
-        return pd.read_parquet(self.run_dir / "candidates.parquet")
+        return read_parquet(self.location / "candidates.parquet")
 
     @property
     def summary(self):
-        import pandas as pd
-
-        return pd.read_parquet(self.run_dir / "summary.parquet")
+        return read_parquet(self.location / "summary.parquet")
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.run_dir / "manifest.json").read_text())
+        return read_json(self.location / "manifest.json")
 
     # path-like: the run directory
     def __str__(self) -> str:
         return str(self.run_dir)
 
     def __fspath__(self) -> str:
-        return str(self.run_dir)
+        return os.fspath(self.location)  # TypeError for a run in object storage
 
-    def __truediv__(self, other) -> Path:
+    def __truediv__(self, other):
         return self.run_dir / other
 
     @property
-    def parent(self) -> Path:
+    def parent(self):
         return self.run_dir.parent
 
     @property
@@ -94,15 +97,16 @@ def search(
     preset: str = "small",
     seed: int = 0,
     overrides: dict | None = None,
-    storage: str | os.PathLike = "runs",
+    storage: "str | os.PathLike | Location" = "runs",
     name: str | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
     verbose: int = 1,
 ) -> Run:
     """Run one search; return its :class:`Run` (status ``complete``, ``interrupted`` or ``failed``;
-    the run directory holds the result tables whatever the status). Bad settings raise
-    :class:`~raynas.errors.UsageError` before Ray starts, leaving nothing behind."""
+    the run directory holds the result tables whatever the status). ``storage``: a local folder or
+    a URI (``s3://bucket/runs``, ``gs://...``, any pyarrow filesystem) that every node reaches. Bad
+    settings raise :class:`~raynas.errors.UsageError` before Ray starts, leaving nothing behind."""
     config = make_config(method, space=space, dataset=dataset, data_dir=data_dir, data_options=data_options,
                          preset=preset, seed=seed, overrides=overrides)
     if address is None:
@@ -115,30 +119,59 @@ def search(
             raise UsageError(str(err)) from None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = name or f"{method}-{dataset}-s{seed}-{stamp}"
-    run_dir = (Path(storage) / name).resolve()
-    if run_dir.exists():
+    run_dir = (storage_location(storage) / name).resolve()
+    if _exists(run_dir, "--storage"):
         raise UsageError(f"run directory {run_dir} already exists; pass --resume {run_dir} to continue it or choose another --name")
     config["run_id"] = name
-    run_dir.mkdir(parents=True)
-    write_json(run_dir / "raynas.json", config)
+    run_dir.mkdir()
+    try:
+        write_json(run_dir / "raynas.json", config)
+    except OSError as err:
+        run_dir.rmtree()
+        raise UsageError(f"--storage {storage}: cannot write the run directory there ({_first_line(err)}); "
+                         "expected a folder or bucket you can write") from None
     try:
         return _session(config, run_dir, resume=False, address=address, num_cpus=num_cpus, verbose=verbose)
     finally:
         if not (run_dir / SEARCHER_STATE).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # a run that never started leaves nothing behind
+            run_dir.rmtree()  # a run that never started leaves nothing behind
 
 
-def resume(run_dir: str | os.PathLike, *, resources: dict | None = None, address: str | None = None,
+def storage_location(storage: "str | os.PathLike | Location", flag: str = "--storage") -> Location:
+    """``storage`` as a :class:`Location`; a URI that no filesystem opens is a usage error."""
+    try:
+        where = Location(storage)
+        where.filesystem  # opens (and caches) the URI's filesystem: an unknown scheme fails here
+    except ValueError as err:
+        raise UsageError(f"{flag} {storage}: {_first_line(err)}; expected a local folder or a URI "
+                         "such as s3://bucket/runs, gs://bucket/runs or file:///path") from None
+    return where
+
+
+def _exists(where: Location, flag: str) -> bool:
+    try:
+        return where.exists()
+    except OSError as err:  # an unreachable bucket, missing credentials
+        raise UsageError(f"{flag} {where}: cannot read it ({_first_line(err)}); expected a folder or bucket "
+                         "you can reach (credentials: the AWS_* / GOOGLE_* environment of this machine)") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def resume(run_dir: "str | os.PathLike | Location", *, resources: dict | None = None, address: str | None = None,
            num_cpus: int | None = None, verbose: int = 1) -> Run:
     """Continue the run in ``run_dir`` (its driver died, or it was interrupted) where it is now;
     ``resources`` may change the resources section (not what the search computes)."""
     given = run_dir
-    run_dir = Path(run_dir).resolve()
-    if not is_run_dir(run_dir):
+    run_dir = storage_location(run_dir, "--resume").resolve()
+    if not _exists(run_dir / "raynas.json", "--resume"):
         raise UsageError(f"--resume {given}: not a raynas run directory (no raynas.json); expected a RUN_DIR that `raynas search` made")
     if Run.open(run_dir).status == "complete":
         raise UsageError(f"--resume {given}: the run is complete; nothing to resume")
-    config = json.loads((run_dir / "raynas.json").read_text())
+    config = read_json(run_dir / "raynas.json")
     if resources:
         config["resources"] = {**config["resources"], **resume_overrides({"resources": resources}).get("resources", {})}
         write_json(run_dir / "raynas.json", config)
@@ -148,7 +181,7 @@ def resume(run_dir: str | os.PathLike, *, resources: dict | None = None, address
     return _session(config, run_dir, resume=started, address=address, num_cpus=num_cpus, verbose=verbose)
 
 
-def _session(config: dict, run_dir: Path, *, resume: bool, address: str | None, num_cpus: int | None,
+def _session(config: dict, run_dir: Location, *, resume: bool, address: str | None, num_cpus: int | None,
              verbose: int) -> Run:
     from raynas.lifecycle import execute
 
@@ -218,7 +251,7 @@ class SearchExperiment:
             kwargs["few_shot_steps"] = info["few_shot"]["steps"]
         return self.searcher_class()(**kwargs), kwargs
 
-    def callbacks(self, run_dir: Path, *, resume: bool) -> list:
+    def callbacks(self, run_dir: Location, *, resume: bool) -> list:
         from raynas.progress import Progress
 
         return [Progress(verbose=self.verbose, total_steps=self.info.get("total_steps"))]
@@ -229,7 +262,7 @@ class SearchExperiment:
         stop_supernets(self.config, self.info)
         self.actors = []
 
-    def finish(self, run_dir: Path, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
+    def finish(self, run_dir: Location, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
         from raynas.results import read_unit_rows
 
         manifest = _manifest(self.config, self.info)

@@ -27,7 +27,6 @@ import logging
 import os
 import platform
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 from ray.tune import Callback
@@ -35,6 +34,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallbac
 
 from raynas.errors import SearchFailed, UsageError
 from raynas.rowlog import RowLog, load_searcher_state, save_searcher_state, sessions
+from raynas.storage import Location
 
 STATUSES = ("complete", "interrupted", "failed")
 
@@ -47,7 +47,7 @@ class Experiment:
     #: at most this many units at once (Tune's ConcurrencyLimiter)
     max_concurrent: int = 2
 
-    def start(self, run_dir: Path, *, resume: bool) -> Any:
+    def start(self, run_dir: Location, *, resume: bool) -> Any:
         """After Ray started: start actors; return the work-unit trainable."""
         raise NotImplementedError
 
@@ -58,14 +58,14 @@ class Experiment:
     def searcher_class(self) -> type:
         raise NotImplementedError
 
-    def callbacks(self, run_dir: Path, *, resume: bool) -> list:
+    def callbacks(self, run_dir: Location, *, resume: bool) -> list:
         """Extra Tune callbacks (progress lines)."""
         return []
 
     def stop(self) -> None:
         """Release what :meth:`start` started (actors, placement groups)."""
 
-    def finish(self, run_dir: Path, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
+    def finish(self, run_dir: Location, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
         """Write the tables from the row log; raise :class:`SearchFailed` if they disagree with
         the searcher's final ``outcome`` of a complete run."""
         raise NotImplementedError
@@ -87,10 +87,11 @@ class Recorder(Callback):
     after every unit start and completion (Tune calls its searcher before its callbacks, so the
     saved state has seen exactly the rows already logged)."""
 
-    def __init__(self, log: RowLog, run_dir: Path, searcher, kwargs: dict) -> None:
+    def __init__(self, log: RowLog, run_dir: Location, searcher, kwargs: dict) -> None:
         self.log, self.run_dir, self.searcher, self.kwargs = log, run_dir, searcher, kwargs
 
     def save(self) -> None:
+        self.log.sync()  # the rows first: the saved state must never know a row the log lacks
         save_searcher_state(self.run_dir, self.searcher, self.kwargs)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
@@ -165,20 +166,31 @@ def _quiet_tune(verbose: int) -> Iterator[None]:
 
 def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
     """Start an embedded local Ray (``address=None``) or join a cluster; returns whether this call
-    started it (and so should shut it down). An already initialised Ray is used as it is."""
+    started it (and so should shut it down). An already initialised Ray is used as it is.
+
+    A cluster is probed first (:func:`raynas.connect.check_address`, a few seconds at most): one
+    that cannot be joined (nothing listens, not a Ray GCS, a missing or wrong token) raises
+    :class:`UsageError` naming what happened and what to do, before anything starts; once joined,
+    a watchdog ends the session as ``interrupted`` if the cluster's head goes away
+    (:func:`raynas.connect.watch_head`)."""
     import ray
 
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = dict(namespace="raynas", log_to_driver=verbose >= 2, include_dashboard=False)
     if address:
-        kwargs["address"] = address
+        from raynas.connect import check_address, joined, watch_head
+
+        kwargs["address"] = check_address(address)
+        with joined(kwargs["address"]):
+            ray.init(**kwargs)
+        watch_head(kwargs["address"])
     else:
         # "local": always a fresh embedded instance, never a stray cluster found on the machine
         kwargs["address"] = "local"
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
-    ray.init(**kwargs)
+        ray.init(**kwargs)
     return True
 
 
@@ -187,14 +199,19 @@ def _trial_name(trial) -> str:
     return f"unit{trial.config.get('unit', 'x'):>05}-{trial.config.get('kind', 'unit')}-{trial.trial_id}"
 
 
-def make_tuner(trainable, searcher, *, storage: str | os.PathLike, name: str, max_concurrent: int,
+def make_tuner(trainable, searcher, *, storage: "str | os.PathLike | Location", name: str, max_concurrent: int,
                max_failures: int = 2, callbacks: list = ()):
     """The Tune experiment of one session: a raynas searcher behind Tune's ConcurrencyLimiter, no
     sample limit (the searcher says when it is done), reused trial workers, short trial names,
-    and none of Tune's per-row loggers (raynas's row log is the record)."""
+    and none of Tune's per-row loggers (raynas's row log is the record). ``storage`` may be a
+    URI: Tune then writes through the same pyarrow filesystem as raynas."""
     from ray import tune
 
     from raynas.searchers import tune_config
+
+    storage = Location(storage)
+    where = ({"storage_path": str(storage)} if storage.is_local
+             else {"storage_path": storage.fs_path, "storage_filesystem": storage.filesystem})
 
     return tune.Tuner(
         trainable,
@@ -202,7 +219,7 @@ def make_tuner(trainable, searcher, *, storage: str | os.PathLike, name: str, ma
                                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=name,
-            storage_path=str(storage),
+            **where,
             verbose=0,
             callbacks=[*callbacks, _NoCSV(), _NoJson(), _NoTBX()],
             failure_config=tune.FailureConfig(max_failures=max_failures),
@@ -210,7 +227,7 @@ def make_tuner(trainable, searcher, *, storage: str | os.PathLike, name: str, ma
     )
 
 
-def _restored_searcher(experiment: Experiment, run_dir: Path):
+def _restored_searcher(experiment: Experiment, run_dir: Location):
     saved = load_searcher_state(run_dir)
     if saved is None:
         raise UsageError(f"--resume {run_dir}: the run has no searcher state (searcher-state.pkl); "
@@ -226,10 +243,11 @@ def _restored_searcher(experiment: Experiment, run_dir: Path):
     return searcher, kwargs
 
 
-def execute(experiment: Experiment, run_dir: Path, *, resume: bool, address: str | None = None,
+def execute(experiment: Experiment, run_dir: Location, *, resume: bool, address: str | None = None,
             num_cpus: int | None = None, verbose: int = 1) -> Ended:
     """One session of a run (see the module docstring). Returns how it ended; the experiment's
-    tables are written whatever the status."""
+    tables are written whatever the status. ``run_dir``: a local path or a URI (:mod:`raynas.storage`)."""
+    run_dir = Location(run_dir)
     prior = sessions(run_dir)
     previous_wall = sum(s["wall_s"] for s in prior)
     log = RowLog(run_dir, len(prior))

@@ -27,6 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from raynas.errors import UsageError
+from raynas.storage import Location
 
 #: the metadata key under which a truth parquet carries its recipe and reliability
 TRUTH_METADATA_KEY = b"raynas.truth"
@@ -205,41 +206,45 @@ def read_archs(path: str | Path) -> list[str]:
 
 
 # --- runs -------------------------------------------------------------------------------------
-def _run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    found: list[Path] = []
+def _run_dirs(paths: Iterable["str | Path | Location"]) -> list[Location]:
+    found: list[Location] = []
     for path in paths:
-        path = Path(path)
+        path = Location(path)
         if (path / "candidates.parquet").is_file():
             found.append(path)
             continue
-        inner = sorted(p.parent for p in path.glob("*/candidates.parquet"))
+        inner = [child for child in path.iterdir() if (child / "candidates.parquet").is_file()]
         if not inner:
             raise FileNotFoundError(f"{path}: no candidates.parquet; expected a finished raynas run directory (or a folder of them)")
         found.extend(inner)
     return found
 
 
-def run_scores(run_dir: str | Path) -> pd.Series:
+def run_scores(run_dir: "str | Path | Location") -> pd.Series:
     """A run's supernet score per arch: its candidates' ``valid_acc`` (the mean when scored more than once)."""
-    path = Path(run_dir) / "candidates.parquet"
+    from raynas.results import read_parquet
+
+    path = Location(run_dir) / "candidates.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no candidates.parquet; expected a finished raynas run directory")
-    candidates = pd.read_parquet(path, columns=["arch", "valid_acc"])
+    candidates = read_parquet(path)[["arch", "valid_acc"]]
     return candidates.groupby("arch")["valid_acc"].mean()
 
 
 def rank_run(run_dir: str | Path, truth_path: str | Path, *, top_k: Sequence[int] = (5, 10)) -> dict:
     """:func:`rank_stats` of the run's candidate scores against the truth's mean valid accuracy."""
     table, _ = read_truth(truth_path)
-    return _rank_one(Path(run_dir), truth_values(table), top_k)
+    return _rank_one(Location(run_dir), truth_values(table), top_k)
 
 
-def _rank_one(run_dir: Path, truth: pd.Series, top_k: Sequence[int]) -> dict:
+def _rank_one(run_dir: Location, truth: pd.Series, top_k: Sequence[int]) -> dict:
+    from raynas.results import read_parquet
+
     scores = run_scores(run_dir)
     identity: dict = {"run_id": run_dir.name, "method": None, "seed": None, "status": "unknown"}
     summary = run_dir / "summary.parquet"
     if summary.is_file():
-        row = pd.read_parquet(summary).iloc[0]
+        row = read_parquet(summary).iloc[0]
         # an unfinished run's scores are ranked as they are, and flagged by its status
         identity = {"run_id": row["run_id"], "method": row["method"], "seed": int(row["seed"]),
                     "status": row.get("status") if isinstance(row.get("status"), str) else "unknown"}

@@ -12,12 +12,15 @@ resumed search) is counted once, by its stable key and position. Every table car
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from pathlib import Path
+import os
 from typing import Iterable, Sequence
 
 import pandas as pd
+
+from raynas.storage import Location
 
 CANDIDATE_COLUMNS = [
     "run_id", "method", "seed", "arch", "arch_index", "supernet_version", "supernet", "valid_acc",
@@ -34,7 +37,7 @@ STATUSES = ("complete", "interrupted", "failed")
 TABLES = ("candidates.parquet", "summary.parquet", "manifest.json")
 
 
-def read_unit_rows(run_dir: str | Path) -> pd.DataFrame:
+def read_unit_rows(run_dir: "str | os.PathLike | Location") -> pd.DataFrame:
     """Every unit row of the run's row log, one per (key, position) (:mod:`raynas.rowlog`)."""
     from raynas.rowlog import read_rows
 
@@ -46,11 +49,11 @@ def _ordered(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return frame.sort_values(keys, kind="stable") if keys and not frame.empty else frame
 
 
-def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wall_s: float,
+def build_tables(run_dir: "str | os.PathLike | Location", config: dict, manifest: dict, *, space, wall_s: float,
                  status: str = "complete", rows: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write ``candidates.parquet`` and ``summary.parquet`` (and the manifest) into ``run_dir``,
     from the run's row log (``rows``: those rows, if already read)."""
-    run_dir = Path(run_dir)
+    run_dir = Location(run_dir)
     rows = read_unit_rows(run_dir) if rows is None else rows
     kind = rows["kind"] if "kind" in rows else pd.Series(dtype=object)
     net = {k: config["supernet"].get(k) for k in ("C", "N") if k in config.get("supernet", {})}
@@ -128,34 +131,51 @@ def build_tables(run_dir: str | Path, config: dict, manifest: dict, *, space, wa
         ],
         columns=SUMMARY_COLUMNS,
     )
-    candidates.to_parquet(run_dir / "candidates.parquet", index=False)
-    summary.to_parquet(run_dir / "summary.parquet", index=False)
+    write_parquet(run_dir / "candidates.parquet", candidates)
+    write_parquet(run_dir / "summary.parquet", summary)
     write_json(run_dir / "manifest.json", manifest)
     return candidates, summary
 
 
-def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+def write_parquet(path: "str | os.PathLike | Location", frame: pd.DataFrame) -> None:
+    """``frame`` as a parquet file at ``path`` (local or in object storage), atomically."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    Location(path).write_bytes(buffer.getvalue())
 
 
-def is_run_dir(path: str | Path) -> bool:
-    return (Path(path) / "raynas.json").is_file()
+def read_parquet(path: "str | os.PathLike | Location") -> pd.DataFrame:
+    """A parquet table from a local path or a URI."""
+    path = Location(path)
+    if path.is_local:
+        return pd.read_parquet(path.local_path)
+    return pd.read_parquet(io.BytesIO(path.read_bytes()))
 
 
-def load_summaries(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
-    """The summary rows of runs (a directory holding several runs is searched one level down),
-    with each run's ``status``."""
+def write_json(path: "str | os.PathLike | Location", data: dict) -> None:
+    Location(path).write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(path: "str | os.PathLike | Location") -> dict:
+    return json.loads(Location(path).read_text())
+
+
+def is_run_dir(path: "str | os.PathLike | Location") -> bool:
+    return (Location(path) / "raynas.json").is_file()
+
+
+def load_summaries(run_dirs: Iterable["str | os.PathLike | Location"]) -> pd.DataFrame:
+    """The summary rows of runs, local or in object storage (a directory holding several runs is
+    searched one level down), with each run's ``status``."""
     frames = []
     for run_dir in run_dirs:
-        run_dir = Path(run_dir)
-        found = [run_dir / "summary.parquet"] if (run_dir / "summary.parquet").is_file() else sorted(
-            run_dir.glob("*/summary.parquet")
-        )
+        run_dir = Location(run_dir)
+        found = [run_dir / "summary.parquet"] if (run_dir / "summary.parquet").is_file() else [
+            child / "summary.parquet" for child in run_dir.iterdir() if (child / "summary.parquet").is_file()
+        ]
         if not found:
             raise FileNotFoundError(f"{run_dir}: no summary.parquet; expected a finished raynas run directory (or a folder of them)")
-        frames.extend(pd.read_parquet(p) for p in found)
+        frames.extend(read_parquet(p) for p in found)
     return pd.concat(frames, ignore_index=True)
 
 

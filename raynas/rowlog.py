@@ -8,6 +8,12 @@ A run directory holds, beside Tune's files (which are Tune's: nothing of raynas'
   ends. Each row carries its unit's stable ``key`` and its ``position``; a unit re-run after a
   crash reports the same (key, position) again, and the last one wins. The tables are built from
   this log alone.
+- In object storage (a run directory that is an ``s3://``... URI), where nothing can be appended
+  to, the same lines go to numbered segments ``rows/s{session}-{n}.jsonl``: one written before
+  every save of the searcher's state (so the state never knows a row the log lacks), every few
+  seconds while rows come, and at the session's end. Readers take ``rows.jsonl`` and then the
+  segments in order; a row not yet in a segment when the driver died is re-reported by the unit
+  that is re-issued on resume, as a local log's last partial line would be.
 - ``searcher-state.pkl``: the searcher's ``get_state()`` and constructor arguments, written
   atomically after every unit start and completion (after the searcher saw it, so the log always
   holds every row the state has seen). It is read back with a restricted unpickler that builds
@@ -24,10 +30,15 @@ import math
 import os
 import pickle
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
+from raynas.storage import Location
+
 ROWS = "rows.jsonl"
+#: the row log's segments in object storage
+SEGMENTS = "rows"
+#: in object storage, buffered rows are written out at least this often (seconds)
+SEGMENT_EVERY_S = 5.0
 SEARCHER_STATE = "searcher-state.pkl"
 #: bump when the layout of searcher-state.pkl changes
 STATE_FORMAT = 1
@@ -62,28 +73,55 @@ def _revive(row: dict) -> dict:
 
 
 class RowLog:
-    """Appends rows to a run's ``rows.jsonl`` (opened lazily; pickles without its file handle)."""
+    """Appends rows to a run's row log: ``rows.jsonl`` in a local run directory (opened lazily,
+    flushed per row), numbered segments in object storage (see the module docstring). Pickles
+    without its file handle or buffer."""
 
-    def __init__(self, run_dir: str | os.PathLike, session: int) -> None:
-        self.path = Path(run_dir) / ROWS
+    def __init__(self, run_dir: "str | os.PathLike | Location", session: int) -> None:
+        self.run_dir = Location(run_dir)
         self.session = int(session)
         self.began = time.time()
         self._file = None
+        self._buffer: list[str] = []
+        self._segment = 0
+        self._synced = time.monotonic()
+
+    @property
+    def path(self) -> Location:
+        return self.run_dir / ROWS
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_file": None}
+        return {**self.__dict__, "_file": None, "_buffer": []}
 
     def _write(self, record: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(_plain(record), sort_keys=True, default=str) + "\n")
-        self._file.flush()  # a SIGKILL of the driver loses no row it had been handed
+        line = json.dumps(_plain(record), sort_keys=True, default=str) + "\n"
+        if self.run_dir.is_local:
+            if self._file is None:
+                self.run_dir.mkdir()
+                self._file = open(self.path.local_path, "a", encoding="utf-8")
+            self._file.write(line)
+            self._file.flush()  # a SIGKILL of the driver loses no row it had been handed
+            return
+        self._buffer.append(line)
+        if time.monotonic() - self._synced >= SEGMENT_EVERY_S:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make every row written so far durable (in object storage: write them as a segment)."""
+        self._synced = time.monotonic()
+        if not self._buffer:
+            return
+        self._segment += 1
+        name = f"s{self.session:04d}-{self._segment:06d}.jsonl"
+        (self.run_dir / SEGMENTS / name).write_text("".join(self._buffer))
+        self._buffer = []
 
     def seconds(self) -> float:
         return time.time() - self.began
 
     def begin(self, **facts: Any) -> None:
         self._write({"event": "session", "session": self.session, "started": self.began, **facts})
+        self.sync()
 
     def row(self, row: dict, *, trial: str | None = None) -> None:
         record = {k: v for k, v in row.items() if k not in TUNE_KEYS}
@@ -94,28 +132,39 @@ class RowLog:
         self.close()
 
     def close(self) -> None:
+        self.sync()
         if self._file is not None:
             self._file.close()
             self._file = None
 
 
-def read_records(run_dir: str | os.PathLike) -> Iterator[dict]:
+def _lines(run_dir: Location) -> Iterator[str]:
+    local = run_dir / ROWS
+    if local.is_file():
+        if local.is_local:
+            with open(local.local_path, encoding="utf-8") as f:
+                yield from f
+        else:
+            yield from local.read_text().splitlines()
+    if not run_dir.is_local:
+        for segment in (run_dir / SEGMENTS).iterdir():
+            if segment.name.endswith(".jsonl"):
+                yield from segment.read_text().splitlines()
+
+
+def read_records(run_dir: "str | os.PathLike | Location") -> Iterator[dict]:
     """Every record of the log in order (a last line cut short by a crash is skipped)."""
-    path = Path(run_dir) / ROWS
-    if not path.is_file():
-        return
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                yield _revive(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # only the last line can be partial: the driver died while writing it
+    for line in _lines(Location(run_dir)):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            yield _revive(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # only the last line can be partial: the driver died while writing it
 
 
-def read_rows(run_dir: str | os.PathLike) -> list[dict]:
+def read_rows(run_dir: "str | os.PathLike | Location") -> list[dict]:
     """The unit rows of the log, one per (key, position): a re-run unit's later row wins, in the
     place of the first."""
     latest: dict[tuple, dict] = {}
@@ -126,7 +175,7 @@ def read_rows(run_dir: str | os.PathLike) -> list[dict]:
     return list(latest.values())
 
 
-def sessions(run_dir: str | os.PathLike) -> list[dict]:
+def sessions(run_dir: "str | os.PathLike | Location") -> list[dict]:
     """One entry per session: its number, start, wall seconds (to its end record, or to its last
     row when the driver died) and how it ended (``None``: it died)."""
     out: dict[int, dict] = {}
@@ -145,15 +194,11 @@ def sessions(run_dir: str | os.PathLike) -> list[dict]:
 
 
 # --- the searcher's durable state ----------------------------------------------------------------
-def save_searcher_state(run_dir: str | os.PathLike, searcher, kwargs: dict) -> None:
+def save_searcher_state(run_dir: "str | os.PathLike | Location", searcher, kwargs: dict) -> None:
     """Write the searcher's state and constructor arguments atomically."""
-    path = Path(run_dir) / SEARCHER_STATE
     payload = {"format": STATE_FORMAT, "class": f"{type(searcher).__module__}:{type(searcher).__qualname__}",
                "kwargs": kwargs, "state": searcher.get_state()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
+    (Location(run_dir) / SEARCHER_STATE).write_bytes(pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 #: what a searcher state may hold: plain values and numpy arrays, nothing that runs code
@@ -173,14 +218,16 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not a plain value")
 
 
-def load_searcher_state(run_dir: str | os.PathLike) -> dict | None:
+def load_searcher_state(run_dir: "str | os.PathLike | Location") -> dict | None:
     """The saved ``{"class", "kwargs", "state"}`` (``None`` if the run never saved one). A file
     that holds anything but plain values raises ``ValueError``."""
-    path = Path(run_dir) / SEARCHER_STATE
-    if not path.is_file():
+    path = Location(run_dir) / SEARCHER_STATE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
         return None
     try:
-        payload = _PlainUnpickler(io.BytesIO(path.read_bytes())).load()
+        payload = _PlainUnpickler(io.BytesIO(data)).load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
         raise ValueError(f"{path}: not a raynas searcher state ({err})") from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:

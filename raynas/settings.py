@@ -347,13 +347,23 @@ def check_searcher(method: str, values: dict, *, space: str, seed: int, max_conc
 
 
 # --- paths and counts the CLI takes -----------------------------------------------------------------
+#: the URI schemes pyarrow's filesystems open (``--storage``, ``--resume``, ``--data-dir``)
+URI_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
 def check_storage(storage: str | os.PathLike, *, flag: str = "--storage") -> None:
     """``storage`` must be (or be creatable as) a writable folder; checked without writing
     anything. URIs other than ``file://`` are left to their filesystem."""
-    text = os.fspath(storage)
+    text = str(storage) if not isinstance(storage, os.PathLike) else os.fspath(storage)
     if "://" in text:
-        if not text.startswith("file://"):
-            return
+        scheme = text.split("://", 1)[0].lower()
+        if scheme != "file":
+            if scheme not in URI_SCHEMES:
+                raise UsageError(f"{flag} {short_repr(text)[1:-1]}: unknown storage scheme {scheme}://; expected a "
+                                 f"local folder or one of {', '.join(s + '://' for s in URI_SCHEMES)}")
+            if not text.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]:
+                raise UsageError(f"{flag} {short_repr(text)[1:-1]}: no bucket; expected e.g. {scheme}://BUCKET/runs")
+            return  # reached (and its credentials checked) when the run directory is made, before Ray starts
         text = text[len("file://"):]
     if not text:
         raise UsageError(f"{flag} '': expected a folder for the run directories")

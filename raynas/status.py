@@ -7,14 +7,13 @@ was killed: ``raynas search --resume`` continues it exactly).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-from pathlib import Path
 
 from raynas.errors import UsageError
-from raynas.results import is_run_dir
+from raynas.results import is_run_dir, read_json
 from raynas.rowlog import load_searcher_state, read_rows, sessions
+from raynas.storage import Location
 
 
 def _alive(pid: int | None, host: str | None) -> bool:
@@ -27,7 +26,7 @@ def _alive(pid: int | None, host: str | None) -> bool:
     return True
 
 
-def _last_session_record(run_dir: Path) -> dict | None:
+def _last_session_record(run_dir: Location) -> dict | None:
     from raynas.rowlog import read_records
 
     last = None
@@ -37,12 +36,18 @@ def _last_session_record(run_dir: Path) -> dict | None:
     return last
 
 
-def run_status(run_dir: str | os.PathLike) -> dict:
-    """The run's status, phase, progress, sessions and what a resume would do, as plain values."""
-    run_dir = Path(run_dir)
-    if not is_run_dir(run_dir):
+def run_status(run_dir: "str | os.PathLike | Location") -> dict:
+    """The run's status, phase, progress, sessions and what a resume would do, as plain values
+    (``run_dir``: a local path or a URI)."""
+    given = run_dir
+    try:
+        run_dir = Location(run_dir)
+        found = is_run_dir(run_dir)
+    except (ValueError, OSError) as err:
+        raise UsageError(f"{given}: cannot read it ({str(err).splitlines()[0]}); expected a raynas run directory") from None
+    if not found:
         raise UsageError(f"{run_dir}: not a raynas run directory (no raynas.json); expected a RUN_DIR that `raynas search` made")
-    config = json.loads((run_dir / "raynas.json").read_text())
+    config = read_json(run_dir / "raynas.json")
     past = sessions(run_dir)
     saved = load_searcher_state(run_dir)
     out: dict = {"run_dir": str(run_dir), "run_id": config.get("run_id"), "method": config.get("method"),

@@ -29,7 +29,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-import shutil
 
 from ray.tune import Callback
 from ray.tune.search import Searcher
@@ -300,15 +299,16 @@ def build_truth(
     from raynas.data import DatasetError, dataset_names, load_dataset
     from raynas.lifecycle import execute
     from raynas.ranking import TRUTH_METADATA_KEY, truth_reliability
-    from raynas.results import read_unit_rows, write_json
+    from raynas.driver import storage_location
+    from raynas.results import read_json, read_unit_rows, write_json
     from raynas.rowlog import SEARCHER_STATE
     from raynas.standalone import RECIPE
 
     if resume is not None:
-        run_dir = Path(resume).resolve()
+        run_dir = storage_location(resume, "--resume").resolve()
         if not (run_dir / "truth.json").is_file():
             raise UsageError(f"--resume {resume}: not a truth experiment (no truth.json); expected a directory `raynas truth` made")
-        config = json.loads((run_dir / "truth.json").read_text())
+        config = read_json(run_dir / "truth.json")
     else:
         if output is None:
             raise UsageError("--output is required: the .parquet file the truth goes to")
@@ -324,7 +324,7 @@ def build_truth(
         if unknown:
             raise UsageError(f"recipe: unknown settings {sorted(unknown)}; expected C, N or some of {sorted(RECIPE)}")
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = (Path(storage) / (name or f"truth-{Path(output).stem}-{stamp}")).resolve()
+        run_dir = (storage_location(storage) / (name or f"truth-{Path(output).stem}-{stamp}")).resolve()
         if run_dir.exists():
             raise UsageError(f"experiment directory {run_dir} already exists; pass --resume {run_dir} to continue it or choose another --name")
         config = dict(dataset=dataset, data_dir=data_dir, data_options=dict(data_options or {}), space=space,
@@ -351,7 +351,7 @@ def build_truth(
         raise UsageError(str(err)) from None
 
     if resume is None:
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir()
         write_json(run_dir / "truth.json", config)
     experiment = TruthExperiment(config, sample, max_concurrent=max_concurrent, verbose=verbose)
     try:
@@ -359,7 +359,7 @@ def build_truth(
                         verbose=verbose)
     finally:
         if resume is None and not (run_dir / SEARCHER_STATE).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # a build that never started leaves nothing behind
+            run_dir.rmtree()  # a build that never started leaves nothing behind
     if ended.status != "complete":
         reason = f": {ended.message}" if ended.message else ""
         raise SearchFailed(f"the truth build {ended.status}{reason}; `raynas truth --resume {run_dir}` continues it") \

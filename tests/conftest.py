@@ -26,3 +26,40 @@ TINY = {
     "searcher": {"chunk_steps": 20, "num_candidates": 6, "cohort_size": 4, "top_k": 2,
                  "standalone": {"C": 4, "N": 1, "epochs": 2, "batch_size": 128}},
 }
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto's) on localhost for the session, and the environment that
+    points pyarrow's S3 filesystem (and every process started with it) at it. Yields that
+    environment; each test makes its own bucket with :func:`make_bucket`."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def make_bucket(name: str) -> str:
+    """Create bucket ``name`` on the test S3 server (:func:`s3_server` must be active); returns ``s3://name``."""
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
