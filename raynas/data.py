@@ -4,8 +4,9 @@ Every loader returns a :class:`Splits` (train / valid / test) of float32 tensors
 normalised with the dataset's mean/std, so a trial keeps the whole split resident (on the CPU or
 on its GPU) and draws mini-batches with :class:`Batches`, which does the benchmark-style train
 augmentation (random crop with zero padding, random horizontal flip) in batch on that device.
-Nothing here downloads anything: every dataset is read from local files (``digits`` comes with
-scikit-learn).
+Nothing here downloads from the internet: every dataset is read from local files (``digits`` comes
+with scikit-learn), or from a storage URI the user names (``root="s3://bucket/data/fashion-mnist"``),
+copied once to a node-local cache (:func:`data_cache`) and read from there.
 
 Datasets (``load_dataset(name, root=None, **options)``):
 
@@ -104,6 +105,7 @@ __all__ = [
     "Split",
     "Splits",
     "check_options",
+    "data_cache",
     "dataset_names",
     "dataset_options",
     "load_dataset",
@@ -244,12 +246,48 @@ def check_options(name: str, options: dict) -> None:
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options) -> Splits:
-    """Load dataset ``name`` (see the module docstring) from ``root`` (None = its default)."""
+    """Load dataset ``name`` (see the module docstring) from ``root`` (None = its default).
+
+    ``root`` may be a storage URI (``s3://bucket/data/fashion-mnist``, ``gs://...``, any pyarrow
+    filesystem, or a :class:`raynas.storage.Location`): the folder is copied once to a node-local
+    cache (:func:`data_cache`; again only when its files change) and loaded from there, so the
+    splits and their fingerprint are those of the same files on a local disk. Errors name the URI.
+    """
     key = _canonical_name(name)
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of: {', '.join(dataset_names())}")
     check_options(key, options)
-    return DATASETS[key](root=root, **options)
+    root, remote = _storage_root(root)
+    if remote is None:
+        return DATASETS[key](root=root, **options)
+    try:
+        local = remote.local_copy(data_cache())
+    except FileNotFoundError:
+        raise DatasetError(f"{key}: {remote} does not exist (no file or folder at that URI); pass the URI of "
+                           f"the folder that holds the {key} files") from None
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{key}: cannot copy {remote} to the local cache {data_cache()}: {err}") from None
+    try:
+        return DATASETS[key](root=local, **options)
+    except DatasetError as err:  # name the URI the user gave, not the cache's copy
+        raise DatasetError(str(err).replace(str(local), str(remote))) from None
+
+
+def data_cache() -> Path:
+    """The node-local folder that holds copies of datasets read from storage URIs:
+    ``$RAYNAS_CACHE/data`` (default ``~/.cache/raynas/data``)."""
+    return Path(os.environ.get("RAYNAS_CACHE") or "~/.cache/raynas").expanduser() / "data"
+
+
+def _storage_root(root):
+    """(``root`` for a loader, its :class:`raynas.storage.Location` when it is in object storage
+    else ``None``): a ``file://`` URI or a local Location becomes its local path."""
+    from raynas.storage import Location, is_uri
+
+    if not isinstance(root, Location) and not is_uri(root):
+        return root, None
+    where = Location(root)
+    return (where.local_path, None) if where.is_local else (None, where)
 
 
 # ---------------------------------------------------------------------------------------------

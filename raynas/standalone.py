@@ -112,4 +112,4 @@ class StandaloneTraining:
         self.optimizer.load_state_dict(state["optimizer"])
         self.batches.load_state_dict(state["batches"])
         self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # loaded with map_location=<its GPU>, it is on the GPU

@@ -187,7 +187,7 @@ class Location:
         if self._local is not None:
             return self._local.read_bytes()
         try:
-            with self.filesystem.open_input_stream(self.fs_path) as f:
+            with self.filesystem.open_input_stream(self.fs_path, compression=None) as f:
                 return f.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"{self}: no such file") from None
@@ -215,7 +215,7 @@ class Location:
                 raise
             return
         try:
-            with self.filesystem.open_output_stream(self.fs_path) as f:
+            with self.filesystem.open_output_stream(self.fs_path, compression=None) as f:
                 f.write(data)
         except OSError as err:
             raise OSError(f"{self}: cannot write ({err})") from None

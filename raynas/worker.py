@@ -11,28 +11,33 @@ A unit that is re-run after a crash, a retry or a resume from a stale searcher s
 the original gave: the actor trains only what is missing, replays a chunk it already did from that
 chunk's per-version snapshot, or rewinds to the chunk's first version.
 
-Files in ``snapshot_dir`` (all written atomically: temporary file + ``os.replace``):
+``snapshot_dir`` is a local path or a storage URI (``s3://bucket/run/supernets/0``, any pyarrow
+filesystem; :class:`raynas.storage.Location`), so a restarted actor on another node, and the
+sub-supernets of few-shot NAS (``init_from``), find the snapshots without a shared disk. Files in
+it (all written atomically: locally a temporary file + ``os.replace``, in an object store one
+upload that publishes the object when it completes):
 
 - ``snapshot.pt``: the latest state (every ``snapshot_every`` steps and at the end of every
   ``train`` call); a new worker resumes from it.
 - ``v{version:08d}.pt``: the state at the end of a ``train`` call that reached ``version``, plus
   that call's result row (key ``"row"``); the newest ``keep_versions`` are kept. At the end of a
-  call ``snapshot.pt`` is a hard link to (else a copy of) the version file, not a second write.
+  call ``snapshot.pt`` is a hard link to (else a copy of) the version file, not a second write
+  (in an object store: a server-side copy, no second upload).
 
-Every file loads with ``torch.load(..., weights_only=True)``: states hold only tensors and plain
-Python values (converted at save time), and a snapshot that would need more is refused.
+Every file loads with ``torch.load(..., weights_only=True)`` (local files from their path, object
+store files from their bytes): states hold only tensors and plain Python values (converted at save
+time), and a snapshot that would need more is refused.
 """
 
 from __future__ import annotations
 
 import inspect
+import io
 import math
 import os
 import pickle
 import re
-import shutil
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -43,6 +48,7 @@ from raynas.checks import require_at_least_one
 from raynas.data import Batches, load_dataset
 from raynas.policies import Policy, decoded_weights, make_policy, normalise_spec
 from raynas.spaces import get_space
+from raynas.storage import Location
 
 #: BN modes of the supernet's cell ops (METHODS.md: batch statistics, "BN=0", rank much better)
 BN_MODES = ("batch", "running")
@@ -78,24 +84,32 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def atomic_torch_save(obj: Any, path: str | os.PathLike | Location) -> None:
+    """``torch.save(obj)`` to ``path`` (a local path or a storage URI) atomically: a reader sees the
+    old file or the new one. Locally: a temporary file, then ``os.replace``; in an object store:
+    serialised in memory, then one upload."""
+    where = Location(path)
+    if where.is_local:
+        local = where.local_path
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{os.getpid()}.tmp")
+        try:
+            torch.save(obj, tmp)
+            os.replace(tmp, local)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    where.write_bytes(buffer.getvalue())
 
 
-def atomic_link(source: Path, path: Path) -> None:
-    """Make ``path`` the file ``source`` is, atomically: a hard link (no second write) where the
-    file system has them, else a copy; either goes to a temporary name first, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, path)
+def atomic_link(source: str | os.PathLike | Location, path: str | os.PathLike | Location) -> None:
+    """Make ``path`` the file ``source`` is, atomically (:meth:`raynas.storage.Location.copy_to`): a
+    hard link (no second write) where the local file system has them, else a copy; a server-side
+    copy in an object store."""
+    Location(source).copy_to(Location(path))
 
 
 def version_file(version: int) -> str:
@@ -129,15 +143,18 @@ def plain(obj: Any, where: str = "state") -> Any:
                     "tensors and plain values (convert it in the policy's state_dict/export)")
 
 
-def load_plain(path: str | os.PathLike, map_location: Any = None) -> dict:
-    """``torch.load(path, weights_only=True)``; a file that needs more than tensors and plain
-    values (a crafted pickle that would run code, or an old format) is refused with a ValueError."""
+def load_plain(path: str | os.PathLike | Location, map_location: Any = None) -> dict:
+    """``torch.load(path, weights_only=True)`` of a local path or a storage URI (read as bytes); a
+    file that needs more than tensors and plain values (a crafted pickle that would run code, or an
+    old format) is refused with a ValueError. A missing file raises ``FileNotFoundError`` naming it."""
+    where = Location(path)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        source = where.local_path if where.is_local else io.BytesIO(where.read_bytes())
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         why = next((line for line in lines if "Unpickler error" in line), lines[0] if lines else type(err).__name__)
-        raise ValueError(f"snapshot {str(path)!r} holds more than tensors and plain values; refusing to unpickle "
+        raise ValueError(f"snapshot {str(where)!r} holds more than tensors and plain values; refusing to unpickle "
                          f"it (weights_only=True): {why}") from None
 
 
@@ -174,6 +191,8 @@ def worker_settings(kwargs: dict) -> dict:
             return [norm(x) for x in v]
         if isinstance(v, np.generic):
             return v.item()
+        if isinstance(v, Location):
+            return str(v)  # a URI has no fspath
         if isinstance(v, os.PathLike):
             return os.fspath(v)
         return v
@@ -224,11 +243,11 @@ class SupernetWorker:
         epochs: float | None = None,
         lr_restarts: int = 1,
         seed: int = 0,
-        snapshot_dir: str | None = None,
+        snapshot_dir: str | os.PathLike | Location | None = None,
         snapshot_every: int | None = None,
         keep_versions: int | None = 16,
         expect_snapshot: bool = False,
-        init_from: str | None = None,
+        init_from: str | os.PathLike | Location | None = None,
         device: str | None = None,
         num_threads: int | None = None,
     ) -> None:
@@ -241,7 +260,7 @@ class SupernetWorker:
         if keep_versions is not None:
             require_at_least_one(keep_versions=keep_versions)
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir else None
+        self.snapshot_dir = Location(snapshot_dir) if snapshot_dir else None
         self.snapshot_path = self.snapshot_dir / "snapshot.pt" if self.snapshot_dir else None
         if expect_snapshot and (self.snapshot_path is None or not self.snapshot_path.is_file()):
             where = self.snapshot_path if self.snapshot_path is not None else "snapshot_dir=None"
@@ -288,8 +307,11 @@ class SupernetWorker:
         # few-shot NAS: a sub-supernet starts from its parent's weights, read at its first train
         # call (the parent is still training when the sub-supernet actors are created)
         self.initialized_from: str | None = None
-        if self.snapshot_path is not None and self.snapshot_path.exists():
-            self.load_snapshot(self.snapshot_path)
+        if self.snapshot_path is not None:
+            state = self._load_if_present(self.snapshot_path)
+            if state is not None:
+                self.load_state_dict(state)
+                self.restored_from = str(self.snapshot_path)
 
     def settings(self) -> dict:
         """This worker's supernet-defining settings (:func:`worker_settings` of :attr:`config`):
@@ -406,9 +428,9 @@ class SupernetWorker:
         """The stored row of chunk ``start`` -> ``until`` under ``policy`` (its end state loaded),
         or ``None`` when the per-version snapshot of ``until`` does not hold that chunk."""
         path = self.version_path(until)
-        if path is None or not path.is_file():
+        state = self._load_if_present(path) if path is not None else None
+        if state is None:
             return None
-        state = load_plain(path, map_location=self.device)
         row = state.get("row")
         if (not isinstance(row, dict) or int(row.get("version", -1)) != until
                 or until - int(row.get("steps", -1)) != start
@@ -555,9 +577,10 @@ class SupernetWorker:
         self.seconds = dict(state["seconds"])
         self.initialized_from = state.get("initialized_from")
 
-    def snapshot(self, path: str | os.PathLike | None = None) -> str:
-        """Write the full state atomically (to the snapshot path unless ``path`` is given)."""
-        target = Path(path) if path else self.snapshot_path
+    def snapshot(self, path: str | os.PathLike | Location | None = None) -> str:
+        """Write the full state atomically (to the snapshot path unless ``path``, a local path or a
+        storage URI, is given); returns where."""
+        target = Location(path) if path else self.snapshot_path
         if target is None:
             raise ValueError("snapshot: this worker has no snapshot_dir; pass path=")
         atomic_torch_save(self.state_dict(), target)
@@ -579,37 +602,49 @@ class SupernetWorker:
         for old in stale:
             self.version_path(old).unlink(missing_ok=True)
 
-    def version_path(self, version: int) -> Path | None:
+    def version_path(self, version: int) -> Location | None:
         """Where the per-version snapshot of ``version`` is (``None`` without a snapshot_dir)."""
         return self.snapshot_dir / version_file(version) if self.snapshot_dir is not None else None
 
     def snapshot_versions(self) -> list[int]:
         """The versions that have a per-version snapshot in snapshot_dir, ascending."""
-        if self.snapshot_dir is None or not self.snapshot_dir.is_dir():
+        if self.snapshot_dir is None:
             return []
-        found = (_VERSION_FILE.match(p.name) for p in self.snapshot_dir.iterdir())
+        found = (_VERSION_FILE.match(p.name) for p in self.snapshot_dir.iterdir())  # [] when absent
         return sorted(int(m.group(1)) for m in found if m)
 
     def load_version(self, version: int) -> None:
         """Load the per-version snapshot of ``version`` (a re-issued unit addressed elsewhere)."""
         path = self.version_path(version)
-        if path is None or not path.is_file():
+        state = self._load_if_present(path) if path is not None else None
+        if state is None:
             where = self.snapshot_dir if self.snapshot_dir is not None else "snapshot_dir (none set)"
             raise ValueError(f"the supernet is at version {self.version} but the unit asks for version {version}; "
                              f"no snapshot of version {version} in {where}; the run's supernets/ folder is incomplete")
-        self.load_state_dict(load_plain(path, map_location=self.device))
+        self.load_state_dict(state)
         self.reloads += 1
 
-    def load_snapshot(self, path: str | os.PathLike) -> None:
+    def load_snapshot(self, path: str | os.PathLike | Location) -> None:
+        """Load a full state written by :meth:`snapshot` (a local path or a storage URI)."""
         self.load_state_dict(load_plain(path, map_location=self.device))
-        self.restored_from = str(path)
+        self.restored_from = str(Location(path))
 
-    def init_from_parent(self, path: str | os.PathLike) -> dict:
-        """Few-shot NAS: start from a parent supernet's weights with a fresh optimizer and version.
-        Returns the parent's policy (spec and state) for the caller to continue it."""
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"init_from={str(path)!r}: the parent supernet's snapshot does not exist (yet)")
-        state = load_plain(path, map_location=self.device)
+    def init_from_parent(self, path: str | os.PathLike | Location) -> dict:
+        """Few-shot NAS: start from a parent supernet's weights (its snapshot: a local path or a
+        storage URI) with a fresh optimizer and version. Returns the parent's policy (spec and
+        state) for the caller to continue it."""
+        state = self._load_if_present(Location(path))
+        if state is None:
+            raise FileNotFoundError(f"init_from={str(Location(path))!r}: the parent supernet's snapshot does not exist "
+                                    "(yet)")
         self.supernet.load_state_dict(state["supernet"])
-        self.initialized_from = str(path)
+        self.initialized_from = str(Location(path))
         return state["policy"]
+
+    def _load_if_present(self, path: Location) -> dict | None:
+        """The weights-only state in ``path`` on this device, or ``None`` when there is no such file
+        (one read, no separate existence check: one request in an object store)."""
+        try:
+            return load_plain(path, map_location=self.device)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None

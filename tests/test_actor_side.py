@@ -2,6 +2,7 @@
 replays and rewinds, scoring at a version, weights-only snapshots, divergence, settings checks,
 and the worker running without Ray."""
 
+import io
 import os
 import subprocess
 import sys
@@ -315,3 +316,98 @@ def test_a_named_actor_is_reused_only_with_the_same_settings(ray_session, tmp_pa
             create_supernet_actor("settings-check", 0, {**kwargs, "C": 8}, num_cpus=0.5)
     finally:
         ray.kill(first)
+
+
+# --- the actor side with its files in object storage (tests/conftest.py's s3_server) ---
+
+def _bucket_dir():
+    import uuid
+
+    from tests.conftest import make_bucket
+
+    return f"{make_bucket(f'raynas-{uuid.uuid4().hex[:12]}')}/runs/r1/supernets/0"
+
+
+def test_replays_and_rewinds_read_the_version_files_in_a_bucket(s3_server):
+    from raynas.storage import Location
+
+    uri = _bucket_dir()
+    worker = make(snapshot_dir=uri, seed=5, keep_versions=2)
+    chunks = [(0, 4), (4, 8), (8, 12), (12, 16)]
+    rows, at = {}, {}
+    for f, u in chunks:
+        rows[u] = worker.train("uniform", until=u, start=f)
+        at[u] = weights(worker)
+    assert [p.name for p in Location(uri).iterdir()] == ["snapshot.pt", version_file(12), version_file(16)]
+    state = torch.load(io.BytesIO((Location(uri) / version_file(16)).read_bytes()), weights_only=True)
+    assert state["version"] == 16 and state["row"] == rows[16]
+
+    replayed = worker.train("uniform", until=16, start=12)  # a re-issued chunk: the stored state
+    assert replayed["replayed"] is True and results(replayed) == {**results(rows[16]), "replayed": True}
+    (Location(uri) / version_file(16)).unlink()  # its end state is gone: rewound to 12 and trained again
+    again = worker.train("uniform", until=16, start=12)
+    assert "replayed" not in again and results(again) == results(rows[16])
+    assert_same_weights(weights(worker), at[16])
+    rescored = worker.score([ARCH], batches=None, version=12)  # scoring at a version loads its file
+    assert worker.version == 12 and rescored[0]["version"] == 12
+    assert_same_weights(weights(worker), at[12])
+    restarted = make(snapshot_dir=uri, seed=5, keep_versions=2)  # snapshot.pt: where the supernet last was
+    assert restarted.version == 16 and restarted.train("uniform", until=16, start=12)["replayed"] is True
+    with pytest.raises(ValueError, match=rf"no snapshot of version 4 in {uri}; the run's supernets/ folder"):
+        restarted.train("uniform", until=8, start=4)  # pruned (keep_versions=2)
+
+
+def test_a_resumed_run_without_its_snapshot_in_a_bucket_is_refused(s3_server, tmp_path):
+    from raynas.storage import Location
+
+    uri = _bucket_dir()
+    with pytest.raises(ValueError, match=rf"^supernet snapshot {uri}/snapshot.pt is missing; a resumed run needs "
+                                         r"its supernets/ folder$"):
+        make(snapshot_dir=uri, expect_snapshot=True)
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    torch.save({"format": 1, "version": 3, "x": _Exploit(marker)}, buffer)
+    (Location(uri) / "snapshot.pt").write_bytes(buffer.getvalue())
+    with pytest.raises(ValueError, match=rf"snapshot '{uri}/snapshot.pt' holds more .* refusing to unpickle"):
+        make(snapshot_dir=uri, expect_snapshot=True)
+    assert not marker.exists()
+
+
+def test_a_standalone_checkpoint_round_trips_through_a_bucket(s3_server):
+    from raynas.data import load_dataset
+    from raynas.standalone import StandaloneTraining
+    from raynas.trainable import checkpoint_path, load_checkpoint
+    from raynas.worker import atomic_torch_save
+
+    run_dir = _bucket_dir().rsplit("/supernets/", 1)[0]
+    splits = load_dataset("digits")
+
+    def training():
+        return StandaloneTraining(get_space("nb201"), ARCH, splits, C=4, N=1, seed=1, epochs=2, batch_size=128)
+
+    straight = training()
+    straight.run_epoch()
+    want = straight.run_epoch()
+    path = checkpoint_path(run_dir, "standalone/final/0")
+    assert str(path).startswith(f"{run_dir}/checkpoints/") and str(path).endswith(".pt")
+    assert load_checkpoint(path) is None  # none yet
+    first = training()
+    row = first.run_epoch()
+    atomic_torch_save({"key": "standalone/final/0", "training": first.state_dict(), "row": row}, path)
+    saved = load_checkpoint(path)  # weights-only, from the object's bytes
+    assert saved["row"] == row
+    resumed = training()
+    resumed.load_state_dict(saved["training"])
+    got = resumed.run_epoch()
+    assert {k: v for k, v in got.items() if k != "seconds"} == {k: v for k, v in want.items() if k != "seconds"}
+    assert_same_weights(dict(resumed.net.state_dict()), dict(straight.net.state_dict()))
+
+
+def test_the_worker_runs_without_ray_on_a_bucket(s3_server):
+    from raynas.worker import SupernetWorker
+
+    uri = _bucket_dir()
+    done = _run_without_ray(uri, "uniform")  # another process: credentials from its environment
+    assert done.returncode == 0 and "ray-free ok" in done.stdout, done.stderr[-3000:]
+    here = SupernetWorker(dataset="digits", C=4, N=1, total_steps=10, valid_batch_size=64, snapshot_dir=uri)
+    assert here.version == 3 and here.restored_from == f"{uri}/snapshot.pt"

@@ -139,3 +139,56 @@ def test_sub_supernet_continues_its_parents_setn_alpha(tmp_path):
     uniform_child = make(tmp_path / "2", allowed_ops=[[2], *[range(5)] * 5], init_from=str(tmp_path / "0" / "snapshot.pt"))
     uniform_child.train("uniform", steps=1)  # another policy: nothing to continue, weights still inherited
     assert uniform_child.initialized_from
+
+
+# --- snapshots in object storage (a real S3-protocol server: tests/conftest.py's s3_server) ---
+
+def _bucket_dir(name):
+    import uuid
+
+    from tests.conftest import make_bucket
+
+    return f"{make_bucket(f'raynas-{uuid.uuid4().hex[:12]}')}/runs/r1/supernets/{name}"
+
+
+def test_snapshots_in_a_bucket_resume_identically(s3_server):
+    from raynas.storage import Location
+
+    straight = make(seed=3)
+    straight.train("uniform", until=20)
+    expected = straight.train("uniform", until=40)
+
+    uri = _bucket_dir("0")
+    first = make(snapshot_dir=uri, seed=3)
+    first.train("uniform", until=20)
+    assert [p.name for p in Location(uri).iterdir()] == ["snapshot.pt", "v00000020.pt"]
+    resumed = make(snapshot_dir=uri, seed=3)  # a restarted actor, on any node: no shared disk
+    assert resumed.version == 20 and resumed.restored_from == f"{uri}/snapshot.pt"
+    assert resumed.snapshot_versions() == [20]
+    for a, b in zip(first.supernet.state_dict().values(), resumed.supernet.state_dict().values()):
+        assert torch.equal(a, b)
+    got = resumed.train("uniform", until=40)
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+    for a, b in zip(straight.supernet.parameters(), resumed.supernet.parameters()):
+        torch.testing.assert_close(a, b)
+    assert make(snapshot_dir=Location(uri), seed=3).version == 40  # a Location works as well as its URI
+
+
+def test_a_sub_supernet_starts_from_its_parents_snapshot_in_a_bucket(s3_server):
+    parent_dir = _bucket_dir("0")
+    parent = make(snapshot_dir=parent_dir)
+    parent.train("uniform", until=6)
+    init_from = f"{parent_dir}/snapshot.pt"
+    child_dir = parent_dir[:-1] + "1"
+    child = make(snapshot_dir=child_dir, allowed_ops=[[3], *[range(5)] * 5], init_from=init_from)
+    child.train("uniform", steps=0)
+    assert child.initialized_from == init_from and child.version == 0
+    for (name, a), b in zip(parent.supernet.state_dict().items(), child.supernet.state_dict().values()):
+        assert torch.equal(a, b), name
+    child.train("uniform", until=2)
+    restarted = make(snapshot_dir=child_dir, allowed_ops=[[3], *[range(5)] * 5], init_from=init_from)
+    assert restarted.version == 2 and restarted.initialized_from == init_from
+    missing = parent_dir[:-1] + "9/snapshot.pt"
+    orphan = make(snapshot_dir=parent_dir[:-1] + "2", init_from=missing)
+    with pytest.raises(FileNotFoundError, match=rf"init_from='{missing}': the parent supernet's snapshot does not exist"):
+        orphan.train("uniform", steps=1)
