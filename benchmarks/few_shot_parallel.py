@@ -7,6 +7,9 @@ a warm-up, alternating. ``--nodes 2`` runs on a simulated 2-node local cluster
 
     python benchmarks/few_shot_parallel.py --subs 2
     python benchmarks/few_shot_parallel.py --subs 2 --nodes 2
+
+:func:`measure` is the measurement itself, on whatever Ray the process joined
+(``benchmarks/few_shot_cluster.py`` runs it on real ``ray start`` nodes).
 """
 
 from __future__ import annotations
@@ -36,11 +39,6 @@ def main() -> None:
     options = {k: ast.literal_eval(v) for k, v in (o.split("=", 1) for o in args.data_option)}
 
     import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-    from raynas.actor import create_supernet_actor
-    from raynas.spaces import get_space
 
     cluster = None
     if args.nodes > 1:
@@ -54,11 +52,30 @@ def main() -> None:
     else:
         ray.init(address="local", num_cpus=max(2, args.subs), namespace="raynas", include_dashboard=False,
                  log_to_driver=False)
-    regions = get_space("nb201").split([0])[: args.subs]
-    group = placement_group([{"CPU": 1}] * args.subs, strategy="SPREAD")
+    result = measure(subs=args.subs, dataset=args.dataset, options=options, C=args.C, N=args.N, steps=args.steps,
+                     repeats=args.repeats, usable=min(args.subs, os.cpu_count() or 1))
+    print(json.dumps({"machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+                      "setting": vars(args), **result}, indent=2))
+    ray.shutdown()
+    if cluster is not None:
+        cluster.shutdown()
+
+
+def measure(*, subs: int, dataset: str, options: dict, C: int, N: int, steps: int, repeats: int, usable: int) -> dict:
+    """P3 on the Ray this process joined: ``subs`` sub-supernet actors of 1 CPU each in a SPREAD
+    placement group, a warm-up, then ``repeats`` times one after another and all at once."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from raynas.actor import create_supernet_actor
+    from raynas.spaces import get_space
+
+    regions = get_space("nb201").split([0])[:subs]
+    group = placement_group([{"CPU": 1}] * subs, strategy="SPREAD")
     ray.get(group.ready())
     actors = [
-        create_supernet_actor("p3", k, dict(dataset=args.dataset, data_options=options, C=args.C, N=args.N,
+        create_supernet_actor("p3", k, dict(dataset=dataset, data_options=options, C=C, N=N,
                                             total_steps=10**9, seed=k, allowed_ops=r.allowed_ops),
                               num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(group, k - 1))
         for k, r in enumerate(regions, start=1)
@@ -66,29 +83,26 @@ def main() -> None:
     ray.get([a.train.remote("uniform", steps=20) for a in actors])  # warm-up
     nodes = ray.get([a.node_id.remote() for a in actors])
     sequential, parallel = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         start = time.perf_counter()
         for actor in actors:
-            ray.get(actor.train.remote("uniform", steps=args.steps))
+            ray.get(actor.train.remote("uniform", steps=steps))
         sequential.append(time.perf_counter() - start)
         start = time.perf_counter()
-        ray.get([actor.train.remote("uniform", steps=args.steps) for actor in actors])
+        ray.get([actor.train.remote("uniform", steps=steps) for actor in actors])
         parallel.append(time.perf_counter() - start)
-    usable = min(args.subs, os.cpu_count() or 1)
+    for actor in actors:
+        ray.kill(actor)
+    remove_placement_group(group)
     speedup = statistics.median(sequential) / statistics.median(parallel)
-    print(json.dumps({
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-        "setting": vars(args),
+    return {
         "nodes_used": len(set(nodes)),
         "sequential_s": [round(v, 2) for v in sequential],
         "parallel_s": [round(v, 2) for v in parallel],
         "speedup": round(speedup, 3),
         "usable_parallelism": usable,
         "P3_ratio": round(speedup / usable, 3),
-    }, indent=2))
-    ray.shutdown()
-    if cluster is not None:
-        cluster.shutdown()
+    }
 
 
 if __name__ == "__main__":

@@ -58,6 +58,10 @@ class Experiment:
     def searcher_class(self) -> type:
         raise NotImplementedError
 
+    def attach(self, searcher) -> None:
+        """The session's searcher, before its Tune experiment starts (the search driver's actors
+        follow its phases)."""
+
     def callbacks(self, run_dir: Location, *, resume: bool) -> list:
         """Extra Tune callbacks (progress lines)."""
         return []
@@ -170,9 +174,10 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
 
     A cluster is probed first (:func:`raynas.connect.check_address`, a few seconds at most): one
     that cannot be joined (nothing listens, not a Ray GCS, a missing or wrong token) raises
-    :class:`UsageError` naming what happened and what to do, before anything starts; once joined,
-    a watchdog ends the session as ``interrupted`` if the cluster's head goes away
-    (:func:`raynas.connect.watch_head`)."""
+    :class:`UsageError` naming what happened and what to do, before anything starts. Once joined,
+    a watch (:func:`raynas.connect.watch_head`) ends the process in one line, exit 130, when the
+    head stops answering (before Ray's own end of it, 60 s on, which says and records nothing);
+    the handlers registered with :func:`raynas.connect.head_watch` record the run first."""
     import ray
 
     if ray.is_initialized():
@@ -243,6 +248,27 @@ def _restored_searcher(experiment: Experiment, run_dir: Location):
     return searcher, kwargs
 
 
+def _record_a_lost_head(began, facts) -> None:
+    """If the driver joined a cluster, have the head watch write the run up as ``interrupted``
+    when the head goes away: every Ray call then blocks until Ray ends the process, so neither
+    :meth:`Experiment.stop` nor ``execute``'s own ``finally`` would ever run."""
+    from raynas.connect import head_watch
+
+    watch = head_watch()
+    if watch is None:
+        return
+
+    def head_lost(message: str) -> str:
+        experiment, run_dir, searcher, log, previous_wall, prior = facts()
+        if began():  # from here the run has a state to resume; record it without Ray
+            experiment.finish(run_dir, status="interrupted", outcome=searcher.outcome(),
+                              wall_s=previous_wall + log.seconds(), sessions=prior + 1)
+            log.end("interrupted")
+        return f"the run is resumable: `raynas search --resume {run_dir}` on a live cluster (--address HOST:PORT) continues it"
+
+    watch.on_lost(head_lost)
+
+
 def execute(experiment: Experiment, run_dir: Location, *, resume: bool, address: str | None = None,
             num_cpus: int | None = None, verbose: int = 1) -> Ended:
     """One session of a run (see the module docstring). Returns how it ended; the experiment's
@@ -257,8 +283,11 @@ def execute(experiment: Experiment, run_dir: Location, *, resume: bool, address:
         try:
             try:
                 started_ray = init_ray(address, num_cpus, verbose)
+                _record_a_lost_head(lambda: began, lambda: (experiment, run_dir, searcher, log,
+                                                            previous_wall, len(prior)))
                 trainable = experiment.start(run_dir, resume=resume)
                 searcher, kwargs = _restored_searcher(experiment, run_dir) if resume else experiment.new_searcher()
+                experiment.attach(searcher)
                 recorder = Recorder(log, run_dir, searcher, kwargs)
                 recorder.save()  # from here on the run is resumable
                 log.begin(resumed=bool(resume), pid=os.getpid(), host=platform.node())
@@ -270,6 +299,8 @@ def execute(experiment: Experiment, run_dir: Location, *, resume: bool, address:
                     tuner.fit()
                 except KeyboardInterrupt:
                     pass  # a second Ctrl-C: Tune's graceful stop was cut short; the state on disk holds
+                except SearchFailed:
+                    pass  # an experiment's callback halted the searcher (the cluster cannot run it): its outcome says why
                 outcome = searcher.outcome()
                 if outcome.get("failure"):
                     status, message = "failed", outcome["failure"]
