@@ -7,7 +7,10 @@ calling ``__init__`` again, which finds the run's last snapshot and resumes from
 
 :func:`create_supernet_actor` reuses a live actor of the same name only when it was made with
 the same supernet settings (:func:`raynas.worker.worker_settings`: all but device, threads and
-``expect_snapshot``); otherwise it raises rather than hand back another run's supernet.
+``expect_snapshot``); otherwise it raises rather than hand back another run's supernet. It never
+waits without a bound. Which actors live when, and how long one may take to start, is the
+driver's (:class:`raynas.supernets.SupernetActors`): an actor is made when the search first
+needs it and killed when it no longer does; a new one resumes from the supernet's snapshot.
 """
 
 from __future__ import annotations
@@ -64,11 +67,14 @@ def create_supernet_actor(
     num_gpus: float = 0,
     max_restarts: int = 3,
     scheduling_strategy: Any = None,
+    timeout_s: float = 60.0,
 ):
-    """Start (or, if it already runs, return) the named actor of one (sub-)supernet.
+    """Start (or, if it already runs, return) the named actor of one (sub-)supernet; returns at
+    once (the actor starts in the background: its first call waits for it).
 
     An actor of that name that runs already is returned only if its settings equal
-    ``worker_kwargs``' (device and threads aside); else ValueError naming the first that differs.
+    ``worker_kwargs``' (device and threads aside); else ValueError naming the first that differs
+    (also when that actor does not answer within ``timeout_s``: it is still starting elsewhere).
     """
     name = actor_name(run_id, supernet)
     wanted = worker_settings(worker_kwargs)  # also refuses unknown settings before Ray is asked
@@ -78,7 +84,10 @@ def create_supernet_actor(
         existing = None
     if existing is not None:
         try:
-            have = ray.get(existing.settings.remote())
+            have = ray.get(existing.settings.remote(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            raise ValueError(f"a supernet actor {name!r} exists but did not answer within {timeout_s:g} s (still "
+                             "starting for another run with the same run id?); use a new run id") from None
         except ray.exceptions.RayActorError:
             # an actor of that name that died in its creation (a run that could not start): it
             # holds the name only until Ray has buried it; end it for good and start a new one

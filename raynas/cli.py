@@ -56,6 +56,19 @@ def _fraction_arg(text: str) -> float:
     return value
 
 
+def _gpus_arg(text: str) -> float:
+    """An argparse type: a finite number of GPUs >= 0."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{_short(text)}: expected a number of GPUs >= 0 (e.g. 1, 0.5, or 0 for CPU only)")
+    return value
+
+
 def _short(value, limit: int = 60) -> str:
     from raynas.spaces.base import short_repr
 
@@ -81,6 +94,12 @@ def _parse_set(items: list[str]) -> dict:
 def _with_few_shot(overrides: dict, edges: str | None) -> dict:
     if edges is not None:
         overrides.setdefault("searcher", {})["few_shot"] = edges
+    return overrides
+
+
+def _with_gpus(overrides: dict, gpus: float | None) -> dict:
+    if gpus is not None:
+        overrides.setdefault("resources", {})["gpus"] = gpus
     return overrides
 
 
@@ -127,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", help="run directory name (default METHOD-DATASET-sSEED-TIME)")
     s.add_argument("--address", help="Ray cluster address to join (default: start an embedded local Ray)")
     s.add_argument("--num-cpus", type=_int_arg(1, " (omit it for all CPUs)"), help="CPUs of the embedded local Ray (default: all)")
+    s.add_argument("--gpus", type=_gpus_arg, metavar="N",
+                   help="GPUs for each supernet actor and standalone training (e.g. 1, or 0.5 to share one), asked "
+                        "for even before a node has one so that an autoscaler adds GPU nodes; 0: CPU only "
+                        "(default: 1 if the cluster has GPUs when the search starts, else 0); = --set resources.gpus=N")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the search in RUN_DIR (a folder or a URI)")
     s.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     s.add_argument("-v", "--verbose", action="store_true", help="every candidate, and the workers' logs")
@@ -196,10 +219,10 @@ def _check_search(args) -> dict:
             raise UsageError("--resume continues a run with its own settings; "
                              "drop --data-dir/--name/--data-option/--few-shot/--candidates")
         # a resume may change where and how the search runs (resources), not what it computes
-        return settings.resume_overrides(_parse_set(args.set))
+        return settings.resume_overrides(_with_gpus(_parse_set(args.set), args.gpus))
     settings.check_storage(args.storage)
     settings.check_name(args.name)
-    overrides = _with_few_shot(_parse_set(args.set), args.few_shot)
+    overrides = _with_gpus(_with_few_shot(_parse_set(args.set), args.few_shot), args.gpus)
     if args.candidates is not None:
         from raynas.ranking import read_archs
 

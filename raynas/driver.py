@@ -25,7 +25,7 @@ from raynas.searchers import get_searcher_class
 from raynas.settings import ResourcesSettings, make_config, resume_overrides
 from raynas.spaces import get_space
 from raynas.storage import Location
-from raynas.supernets import cluster_gpus, final_info, start_supernets, stop_supernets, work_unit_trainable
+from raynas.supernets import ResourceWatch, SupernetActors, cluster_view, plan_resources, work_unit_trainable
 
 #: the resources section's defaults (raynas.settings.ResourcesSettings, as a dict)
 DEFAULTS = {"resources": ResourcesSettings().to_dict()}
@@ -109,6 +109,8 @@ def search(
     settings raise :class:`~raynas.errors.UsageError` before Ray starts, leaving nothing behind."""
     config = make_config(method, space=space, dataset=dataset, data_dir=data_dir, data_options=data_options,
                          preset=preset, seed=seed, overrides=overrides)
+    if address is not None:
+        address = _reachable(address)
     if address is None:
         # local data: fail fast, before Ray starts, with the dataset's own one-line error
         from raynas.data import DatasetError, load_dataset
@@ -156,6 +158,14 @@ def _exists(where: Location, flag: str) -> bool:
                          "you can reach (credentials: the AWS_* / GOOGLE_* environment of this machine)") from None
 
 
+def _reachable(address: str) -> str:
+    """The cluster at ``address``, probed in seconds before anything is written (a missing token,
+    a wrong address and a dead head are usage errors: one line, nothing left behind)."""
+    from raynas.connect import check_address
+
+    return check_address(address)
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -171,6 +181,8 @@ def resume(run_dir: "str | os.PathLike | Location", *, resources: dict | None = 
         raise UsageError(f"--resume {given}: not a raynas run directory (no raynas.json); expected a RUN_DIR that `raynas search` made")
     if Run.open(run_dir).status == "complete":
         raise UsageError(f"--resume {given}: the run is complete; nothing to resume")
+    if address is not None:
+        address = _reachable(address)
     config = read_json(run_dir / "raynas.json")
     if resources:
         config["resources"] = {**config["resources"], **resume_overrides({"resources": resources}).get("resources", {})}
@@ -215,24 +227,28 @@ class SearchExperiment:
         self.max_failures = int(self.res["max_failures"])
         self.space = get_space(config["space"])
         self.info: dict = {}
-        self.actors: list = []
+        self.actors: SupernetActors | None = None
+        self.watch: ResourceWatch | None = None
         self.summary = None
 
     def searcher_class(self):
         return get_searcher_class(self.config["method"])
 
-    def start(self, run_dir: Path, *, resume: bool):
-        config, res = self.config, self.res
-        gpus = cluster_gpus()
-        actor_gpus = res["actor_gpus"] if res["actor_gpus"] is not None else (1.0 if gpus else 0.0)
-        standalone_gpus = res["standalone_gpus"] if res["standalone_gpus"] is not None else (1.0 if gpus else 0.0)
+    def start(self, run_dir: Location, *, resume: bool):
+        """Size the run's requests for the cluster (a request no node can ever hold: UsageError),
+        start supernet 0's actor (the others come as the search needs them), return the trainable."""
+        config = self.config
+        uses_supernet = getattr(self.searcher_class(), "uses_supernet", True)
+        edges = config["searcher"].get("few_shot")
+        subs = len(self.space.split(self.space.parse_edges(edges))) if edges else 0
+        plan = plan_resources(config, cluster_view(), uses_supernet=uses_supernet, sub_supernets=subs)
+        self.res, self.max_concurrent = plan.res, int(plan.res["max_concurrent"])
         run = {k: config[k] for k in ("run_id", "space", "dataset", "data_dir", "data_options")}
         run["run_dir"] = str(run_dir)
-        if getattr(self.searcher_class(), "uses_supernet", True):
-            # the handles are held for the whole session: Ray ends a (non-detached) actor once no handle is left
-            self.info, self.res, self.actors = start_supernets(config, run_dir, res, self.space, actor_gpus,
-                                                                resume=resume)
-            self.max_concurrent = int(self.res["max_concurrent"])
+        if uses_supernet:
+            # the handles are held for the session: Ray ends a (non-detached) actor once no handle is left
+            self.actors = SupernetActors(config, run_dir, plan, self.space, resume=resume)
+            self.info = self.actors.start()
         else:
             from raynas.data import load_dataset
 
@@ -240,7 +256,13 @@ class SearchExperiment:
             self.info = {"device": "cpu", "dataset_fingerprint": splits.fingerprint(), "bn_mode": None,
                          "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
                          "input_size": splits.info.input_size}
-        return work_unit_trainable(run, self.res, standalone_gpus=standalone_gpus)
+        self.watch = ResourceWatch(plan, self.actors)
+        return work_unit_trainable(run, self.res, standalone_gpus=plan.standalone_gpus)
+
+    def attach(self, searcher) -> None:
+        """The session's searcher: the actors follow its phases (made when needed, then released)."""
+        if self.watch is not None:
+            self.watch.attach(searcher)
 
     def new_searcher(self):
         config, info = self.config, self.info
@@ -254,13 +276,13 @@ class SearchExperiment:
     def callbacks(self, run_dir: Location, *, resume: bool) -> list:
         from raynas.progress import Progress
 
-        return [Progress(verbose=self.verbose, total_steps=self.info.get("total_steps"))]
+        return [Progress(verbose=self.verbose, total_steps=self.info.get("total_steps")),
+                *([self.watch] if self.watch is not None else [])]
 
     def stop(self) -> None:
-        if self.actors:
-            self.info = final_info(self.config, self.info)
-        stop_supernets(self.config, self.info)
-        self.actors = []
+        if self.actors is not None:
+            self.info = self.actors.stop(self.info)  # every actor of the run; their state is in the snapshots
+        self.actors = None
 
     def finish(self, run_dir: Location, *, status: str, outcome: dict, wall_s: float, sessions: int) -> None:
         from raynas.results import read_unit_rows

@@ -43,7 +43,8 @@ DRIVER_KEYS = {"space": "--space", "seed": "--seed", "max_concurrent": "resource
                "total_steps": "supernet.epochs or supernet.total_steps"}
 #: a nominal supernet budget for checking a searcher's arguments (the real one is the actor's)
 NOMINAL_TOTAL_STEPS = 10**6
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+#: SPREAD: sub-supernet actors over the nodes (Ray's SPREAD scheduling); PACK: Ray's default (fill a node first)
+PLACEMENT_STRATEGIES = ("SPREAD", "PACK")
 BN_MODES = ("batch", "running")  # raynas.worker.BN_MODES (the worker imports torch)
 
 
@@ -203,21 +204,36 @@ class SupernetSettings(_Section):
 
 @dataclass(frozen=True)
 class ResourcesSettings(_Section):
-    """What a search asks of the cluster (``None`` GPUs: one per actor/standalone trial if the cluster has GPUs)."""
+    """What a search asks of the cluster. GPUs: ``gpus`` (``raynas search --gpus N``) is what each
+    supernet actor and each standalone training asks for, whether or not a node has one yet (an
+    autoscaler adds GPU nodes for them); ``actor_gpus`` / ``standalone_gpus`` set one role alone;
+    all ``None``: 1 each if the cluster has GPUs when the search starts, else CPU only. CPU shares
+    are upper bounds: the driver shrinks them so that the search fits the cluster's nodes
+    (:func:`raynas.supernets.plan_resources`)."""
 
     section = "resources"
-    actor_cpus: float = setting(1.0, _number(at_least=0), "CPUs of each supernet actor")
-    actor_gpus: float | None = setting(None, _optional(_number(at_least=0), "1 if the cluster has GPUs, else 0"),
+    actor_cpus: float = setting(1.0, _number(at_least=0), "CPUs of each supernet actor (at most: shrunk to fit the nodes)")
+    gpus: float | None = setting(None, _optional(_number(at_least=0), "1 if the cluster has GPUs now, else 0"),
+                                 "GPUs of each supernet actor and standalone training, asked for even before a "
+                                 "node has one (an autoscaler adds them)")
+    actor_gpus: float | None = setting(None, _optional(_number(at_least=0), "resources.gpus"),
                                        "GPUs of each supernet actor")
-    trial_cpus: float = setting(0.25, _number(at_least=0), "CPUs of a light trial (train/score/proxy unit)")
-    standalone_cpus: float = setting(1.0, _number(at_least=0), "CPUs of a standalone training")
-    standalone_gpus: float | None = setting(None, _optional(_number(at_least=0), "1 if the cluster has GPUs, else 0"),
-                                            "GPUs of a standalone training")
+    trial_cpus: float = setting(0.25, _number(at_least=0), "CPUs of a light trial (train/score unit)")
+    standalone_cpus: float = setting(1.0, _number(at_least=0),
+                                     "CPUs of a standalone training or proxy unit (at most: shrunk to fit a node)")
+    standalone_gpus: float | None = setting(None, _optional(_number(at_least=0), "resources.gpus"),
+                                            "GPUs of a standalone training or proxy unit")
     max_concurrent: int = setting(2, _int(1), "work units running at once")
+    max_actors: int | None = setting(None, _optional(_int(1), "as many as the cluster holds at once"),
+                                     "supernet actors alive at once (few-shot: the others wait their turn)")
     max_failures: int = setting(2, _int(-1), "Tune retries of a failed trial (-1: forever)")
     max_restarts: int = setting(3, _int(-1), "Ray restarts of a dead supernet actor (-1: forever)")
-    placement_strategy: str = setting("SPREAD", _choice(*PLACEMENT_STRATEGIES), "placement of the few-shot sub-supernets")
-    placement_timeout_s: float = setting(120, _number(above=0), "seconds to wait for the sub-supernets' placement")
+    placement_strategy: str = setting("SPREAD", _choice(*PLACEMENT_STRATEGIES),
+                                      "placement of the few-shot sub-supernet actors over the nodes")
+    placement_timeout_s: float | None = setting(None, _optional(_number(above=0), "120; 900 where an autoscaler "
+                                                                 "can add nodes"),
+                                                "seconds an actor may take to start, or a unit wait for a node "
+                                                "the cluster lacks, before the run fails")
 
 
 def unknown_key(section: str, key: Any, valid: list[str]) -> str:
@@ -475,7 +491,9 @@ def make_config(method: str, *, space: str = "nb201", dataset: str = "digits", d
         check_options(dataset, data_options)
     except DatasetError as err:
         raise UsageError(f"--data-option: {err}") from None
-    if data_dir is not None and not Path(data_dir).is_dir():
+    if data_dir is not None and "://" in str(data_dir) and not str(data_dir).startswith("file://"):
+        check_storage(data_dir, flag="--data-dir")  # its scheme; the files are read where the data is loaded
+    elif data_dir is not None and not Path(str(data_dir).removeprefix("file://")).is_dir():
         raise UsageError(f"--data-dir {short_repr(str(data_dir))[1:-1]}: no such directory; expected the folder "
                          f"holding the {dataset} files")
 

@@ -12,20 +12,23 @@ again has the same key) and ``unit`` (a counter):
   ``"path_mode": "decoded"`` scores each arch's EvNAS mixture instead of its single path.
 - ``{"kind": "standalone", "arch": s, "epochs": E, ...}``: trains the arch from scratch in the
   trial itself (it holds its own GPU when the cluster has them); a row per epoch and a raynas
-  checkpoint every few epochs (``RUN_DIR/checkpoints/``, by key), so a re-issued unit resumes.
+  checkpoint every few epochs (``RUN_DIR/checkpoints/``, by key; the run directory may be a storage
+  URI such as ``s3://bucket/runs/r1``), so a re-issued unit resumes, on whichever node it runs.
 - ``{"kind": "proxy", "masks": [...], "labels": [...], "repeats": R, "seed": s, ...}``: TE-NAS's
   training-free proxies (:func:`raynas.proxies.score_masks`) of each (6, 5) 0/1 op mask, computed
   in the trial itself (like standalone units, it holds its own CPU/GPU share); one row per mask
   with per-repeat lists ``ntk`` and ``regions``.
 
-Trials only look actors up by name; they create none (they run inside placement groups).
+Trials only look actors up by name; they create none (they run inside placement groups): the
+driver makes a unit's actor as the searcher issues the unit (:class:`raynas.supernets.SupernetActors`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from pathlib import Path
+import os
+import time
 from typing import Any
 
 import ray
@@ -36,7 +39,8 @@ from raynas.actor import get_supernet_actor
 from raynas.data import load_dataset
 from raynas.spaces import get_space
 from raynas.standalone import RECIPE, StandaloneTraining
-from raynas.worker import atomic_torch_save
+from raynas.storage import Location
+from raynas.worker import atomic_torch_save, load_plain
 
 #: a score cohort is sent to its actor in this many slices (overlap of scoring and reporting)
 SCORE_SLICES = 8
@@ -60,12 +64,12 @@ def work_unit(config: dict, run: dict) -> None:
     kind = config.get("kind")
     base = {"kind": kind, "unit": config.get("unit", -1), "key": config.get("key") or f"unit/{config.get('unit', -1)}"}
     if kind == "train":
-        actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
+        actor = _actor(run["run_id"], config.get("supernet", 0))
         # the chunk is addressed by the versions it spans: a re-run chunk replays or redoes exactly it
         out = ray.get(actor.train.remote(config.get("policy", "uniform"), until=config["until"], start=config.get("start")))
         tune.report({**base, "position": 0, "supernet": config.get("supernet", 0), **out})
     elif kind == "score":
-        actor = get_supernet_actor(run["run_id"], config.get("supernet", 0))
+        actor = _actor(run["run_id"], config.get("supernet", 0))
         archs = config["archs"]
         # The cohort goes to the actor in slices, all queued at once: the actor scores slice i+1
         # while this trial reports the rows of slice i (one Tune round trip per row). One caller's
@@ -92,10 +96,35 @@ def work_unit(config: dict, run: dict) -> None:
         raise ValueError(f"work unit kind={kind!r}; expected one of {KINDS}")
 
 
-def checkpoint_path(run_dir: str | Path, key: str) -> Path:
-    """Where raynas keeps the checkpoint of the standalone training with this unit key."""
+def _actor(run_id: str, supernet: int, wait_s: float = 10.0):
+    """The unit's supernet actor, by name. The driver makes it when it issues the unit; a unit
+    Tune retries on its own may come just before the driver makes a dead actor again: wait a
+    little, then say which actor is missing (one line) rather than hang."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return get_supernet_actor(run_id, supernet)
+        except ValueError:
+            if time.monotonic() > deadline:
+                raise LookupError(f"supernet actor {supernet} of run {run_id} is not running (the driver makes it when "
+                                  "it issues the unit; the session may have stopped)") from None
+            time.sleep(0.1)
+
+
+def checkpoint_path(run_dir: str | os.PathLike | Location, key: str) -> Location:
+    """Where raynas keeps the checkpoint of the standalone training with this unit key
+    (``run_dir``: a local path or a storage URI)."""
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return Path(run_dir) / "checkpoints" / f"{digest}.pt"
+    return Location(run_dir) / "checkpoints" / f"{digest}.pt"
+
+
+def load_checkpoint(path: str | os.PathLike | Location, device: Any = "cpu") -> dict | None:
+    """A standalone checkpoint written by :func:`_standalone` (weights-only: tensors and plain
+    values), or ``None`` when there is none yet (one read, no separate existence check)."""
+    try:
+        return load_plain(path, map_location=device)
+    except FileNotFoundError:
+        return None
 
 
 def _standalone(config: dict, run: dict, base: dict) -> None:
@@ -111,8 +140,8 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
     # raynas's own checkpoint, by unit key (not Tune's): a unit re-issued after a crash, in this
     # session or a resumed one, continues the same training from its last checkpoint
     path = checkpoint_path(run["run_dir"], base["key"])
-    if path.is_file():
-        saved = torch.load(path, map_location=device, weights_only=True)
+    saved = load_checkpoint(path, device)
+    if saved is not None:
         training.load_state_dict(saved["training"])
         # the rows after this checkpoint are redone; its own row is reported again so that a
         # finished training still ends on its last epoch's row
@@ -148,8 +177,10 @@ def _proxy(config: dict, run: dict, base: dict) -> None:
 
 
 def unit_resources(config: dict, *, trial_cpus: float, standalone_cpus: float, standalone_gpus: float) -> dict[str, Any]:
-    """Trials that call actors are light; standalone trainings and proxy units compute, so they
-    hold their own CPU/GPU share."""
+    """Trials that call actors are light (CPU only: the actor holds the GPU); standalone
+    trainings and proxy units compute, so they hold their own CPU/GPU share (a GPU asked for even
+    where no node has one yet: the request is what makes an autoscaler add one). The shares come
+    sized for the cluster (:func:`raynas.supernets.plan_resources`)."""
     if config.get("kind") in ("standalone", "proxy"):
         return {"CPU": standalone_cpus, "GPU": standalone_gpus}
     return {"CPU": trial_cpus}

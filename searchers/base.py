@@ -53,6 +53,15 @@ attempt: the search then continues exactly as if they had just been issued. ``ou
 where the search stands: ``{"finished", "failure", "final_arch", "phase", "completed",
 "progress"}``.
 
+**Supernet actors by phase.** ``supernets_needed()`` says which supernets' actors the search
+needs alive now (those of its pending units and those its phase is about to use; none in the
+standalone phase), so the driver starts an actor when a unit for it is issued and releases the
+rest. ``set_supernet_limit(n)`` caps how many supernets are in use at once (scarce GPUs: a
+25-way few-shot split on 2 GPUs); units for another supernet wait, and the search computes the
+same. ``halt(reason)`` stops a session from outside (the cluster cannot run it): the session
+fails with that reason and a resume goes on. The limit, the driver's ``on_issue`` hook and a halt
+are the session's, never state.
+
 **In a user's own Tuner** (see :func:`raynas.searchers.tune_config`): the searcher ends the
 experiment itself, so it needs ``num_samples=-1``, no ``metric``/``mode`` (its rows carry no
 single metric), no scheduler or stop condition that ends units early. Tune tells a searcher
@@ -170,6 +179,15 @@ class WorkUnitSearcher(Searcher):
         self.completed_: list[str] = []  # unit keys, in completion order
         self._tune_checked = False  # Tune's settings seen (set_search_properties) or vouched for (tune_config)
         self._warned = False
+        # --- the driver's, not state (never saved, dropped when pickled) -------------------
+        #: at most this many supernets in use at once (their actors alive); None: no limit
+        #: (:meth:`set_supernet_limit`; raynas's driver sets it per session from the cluster)
+        self.supernet_limit: int | None = None
+        #: called with each unit just before :meth:`suggest` returns it (raynas's driver starts
+        #: the unit's supernet actor there, before Tune makes the trial); None in a user's Tuner
+        self.on_issue = None
+        #: why this session stopped from outside the search (:meth:`halt`), else None
+        self.halted_: str | None = None
 
     # --- Tune's interface -----------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
@@ -186,6 +204,27 @@ class WorkUnitSearcher(Searcher):
         self.max_concurrent = int(max_concurrent)
         return True
 
+    def set_supernet_limit(self, limit: int | None) -> None:
+        """Use at most ``limit`` supernets at once (``None``: no limit): units for another supernet
+        wait until one in use is done with. Scarce GPUs queue many sub-supernets this way; the
+        search computes the same (units are addressed by key and version, never by order)."""
+        if limit is not None:
+            require_at_least_one(supernet_limit=limit)
+        self.supernet_limit = None if limit is None else int(limit)
+
+    def halt(self, reason: str) -> None:
+        """Stop issuing units for a reason outside the search (the cluster cannot run it): the
+        session ends ``failed`` with ``reason`` (``outcome()["failure"]``), but nothing of it is
+        saved, so a resume goes on with the search as it stood."""
+        if self.halted_ is None:
+            self.halted_ = reason
+            logger.error("%s: the session stops: %s", type(self).__name__, reason)
+
+    def __getstate__(self) -> dict:
+        # the driver's hook holds actor handles: not part of a pickled searcher (Tune pickles its
+        # search algorithm with the tuner)
+        return {**self.__dict__, "on_issue": None}
+
     def suggest(self, trial_id: str) -> dict | str | None:
         if not self._tune_checked and not self._warned:
             self._warned = True
@@ -194,6 +233,8 @@ class WorkUnitSearcher(Searcher):
                            "crashes; %s", type(self).__name__, _HOW_TO_TUNE)
         if self.finished_:
             return Searcher.FINISHED
+        if self.halted_ is not None:  # stopped from outside: the saved state stays unfinished
+            return None if self.live_ else Searcher.FINISHED
         if self.failure_ is not None:
             if self.live_:
                 return None
@@ -216,6 +257,8 @@ class WorkUnitSearcher(Searcher):
             unit.setdefault("key", f"{unit['kind']}/u{self.next_unit_}")
             self.next_unit_ += 1
         self.live_[trial_id] = unit
+        if self.on_issue is not None:
+            self.on_issue(unit)
         return dict(unit)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -236,6 +279,9 @@ class WorkUnitSearcher(Searcher):
         unit = self.live_.pop(trial_id, None)
         seen = set(self.seen_.pop(trial_id, []))
         if unit is None:  # unknown or already completed: Tune may report twice around restores
+            return
+        if error and self.halted_ is not None:
+            self.retry_.insert(0, unit)  # stopped from outside: not the unit's failure, not an attempt
             return
         if error:
             attempts = self.attempts_[unit["key"]] = self.attempts_.get(unit["key"], 0) + 1
@@ -284,7 +330,7 @@ class WorkUnitSearcher(Searcher):
         ``None``; also ``None`` for a ranking run that trains nothing standalone), ``phase``,
         ``completed`` (unit keys in completion order) and ``progress`` (one human line)."""
         done = self.finished_ and self.failure_ is None
-        return {"finished": bool(self.finished_), "failure": self.failure_,
+        return {"finished": bool(self.finished_), "failure": self.failure_ or self.halted_,
                 "final_arch": self.best_arch if done else None, "phase": "done" if done else self._phase(),
                 "completed": list(self.completed_), "progress": self._progress()}
 
@@ -380,6 +426,31 @@ class WorkUnitSearcher(Searcher):
     def _live(self, kind: str, supernet: int | None = None) -> bool:
         """Whether a unit of ``kind`` (on ``supernet``) is running or waiting to be (re-)issued."""
         return any(supernet is None or u.get("supernet") == supernet for u in self._pending(kind))
+
+    def supernets_in_use(self) -> set[int]:
+        """The supernets of the units running or waiting to run."""
+        return {int(u.get("supernet", 0)) for u in self._pending() if u["kind"] in ("train", "score")}
+
+    def supernets_needed(self) -> set[int]:
+        """The supernets whose actors the search needs alive now: those of its pending units and
+        those its phase is about to use (a method without a supernet: none). The driver keeps
+        exactly these actors (creating one when a unit for it is issued) and releases the rest;
+        never more than :attr:`supernet_limit` beyond the ones in use."""
+        return self.supernets_in_use()
+
+    def _admit(self, wanted: Sequence[int], busy: set[int]) -> list[int]:
+        """Of ``wanted`` (in order), the supernets a unit may go to now: each one already ``busy``,
+        then new ones while fewer than :attr:`supernet_limit` are busy."""
+        if self.supernet_limit is None:
+            return list(wanted)
+        busy, out = set(busy), []
+        for k in wanted:
+            if k in busy:
+                out.append(k)
+            elif len(busy) < self.supernet_limit:
+                busy.add(k)
+                out.append(k)
+        return out
 
     @property
     def idle(self) -> bool:
@@ -575,11 +646,26 @@ class SupernetSearcher(WorkUnitSearcher):
                 for i in range(0, len(archs), size)]
 
     def _next_cohort(self) -> dict | None:
-        """The next of this round's cohorts not yet issued (``None`` once all are)."""
+        """The next of this round's cohorts not yet issued (``None`` once all are, or while its
+        supernet waits for one of the :attr:`supernet_limit` in use)."""
         if self.cohorts_issued_ < len(self.cohorts_):
+            if not self._admit([int(self.cohorts_[self.cohorts_issued_].get("supernet", 0))], self.supernets_in_use()):
+                return None
             self.cohorts_issued_ += 1
             return dict(self.cohorts_[self.cohorts_issued_ - 1])
         return None
+
+    def _waiting_cohort_supernets(self) -> list[int]:
+        """The supernets of this round's cohorts not yet issued, in issue order, once each."""
+        return list(dict.fromkeys(int(c.get("supernet", 0)) for c in self.cohorts_[self.cohorts_issued_:]))
+
+    def supernets_needed(self) -> set[int]:
+        """Those in use, and every supernet the search trains or scores on until its final
+        phase (:meth:`WorkUnitSearcher.supernets_needed`); none once it trains standalone."""
+        used = self.supernets_in_use()
+        if self.finished_ or self.failure_ is not None or self._phase() in ("standalone", "final", "done"):
+            return used
+        return used | {int(k) for k in self.trained_}
 
     def _round_archs(self) -> list[str]:
         return [a for c in self.cohorts_ for a in c["archs"]]
@@ -696,7 +782,7 @@ class OneShotSearcher(SupernetSearcher):
             self.phase_ = "train_sub" if self.few_shot else "score"
         if self.phase_ == "train_sub":
             subs = range(1, len(self.regions_) + 1)
-            for k in subs:
+            for k in self._admit(self._untrained_subs(), self.supernets_in_use() | self._subs_in_progress()):
                 unit = self._chunk(k, self.few_shot_steps)
                 if unit is not None:
                     return unit
@@ -719,6 +805,33 @@ class OneShotSearcher(SupernetSearcher):
         if self.phase_ == "standalone":
             return self._final_units(self.picks_)
         return None
+
+    def _untrained_subs(self) -> list[int]:
+        return [k for k in range(1, len(self.regions_) + 1) if self.trained_.get(k, 0) < self.few_shot_steps]
+
+    def _subs_in_progress(self) -> set[int]:
+        """Sub-supernets part-way through their training (kept, not released between chunks)."""
+        return {k for k in self._untrained_subs() if self.trained_.get(k, 0) > 0}
+
+    def supernets_needed(self) -> set[int]:
+        """By phase: the one-shot supernet while it trains and (without few-shot) scores; under
+        few-shot, the sub-supernets from their training to their last cohort (all of them at once
+        without a :attr:`supernet_limit`; else the ones in use and the next admitted, so a
+        sub-supernet is released once trained and made again from its snapshot to score); none
+        in the standalone phase."""
+        used = self.supernets_in_use()
+        if self.finished_ or self.failure_ is not None:
+            return used
+        K = len(self.regions_)
+        if self.phase_ == "train":
+            return used | {0}
+        if self.phase_ == "train_sub":
+            if self.supernet_limit is None or self.supernet_limit >= K:
+                return used | set(range(1, K + 1))  # trained, then scored: never made twice
+            return used | set(self._admit(self._untrained_subs(), used | self._subs_in_progress()))
+        if self.phase_ == "score":
+            return used | set(self._admit(self._waiting_cohort_supernets(), used))
+        return used
 
     def supernet_of(self, arch) -> int:
         """The supernet that scores ``arch``: its region's sub-supernet under few-shot, else 0."""

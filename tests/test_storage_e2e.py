@@ -115,6 +115,8 @@ def test_storage_uris_that_cannot_hold_a_run_are_one_line_usage_errors(s3_server
         ("search", "--storage", "s3:///runs"): "no bucket",
         ("search", "--storage", "s3://raynas-no-such-bucket/runs"): "--storage s3://raynas-no-such-bucket/runs: cannot",
         ("search", "--resume", f"{bucket}/runs/none"): "not a raynas run directory",
+        ("search", "--dataset", "fashion-mnist", "--data-dir", f"{bucket}/data/none"): f"{bucket}/data/none",
+        ("search", "--data-dir", "nosuch://bucket/data"): "--data-dir nosuch://bucket/data: unknown storage scheme",
         ("status", f"{bucket}/runs/none"): "not a raynas run directory",
         ("compare", f"{bucket}/runs/none"): "no summary.parquet",
     }
