@@ -271,6 +271,7 @@ SMALL = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nodes", [[1, 1], [1]], ids=["two-1-cpu-nodes", "one-1-cpu-node"])
 def test_a_few_shot_search_with_default_resources_finishes_on_small_clusters(nodes, tmp_path):
     done = subprocess.run([sys.executable, "-c", SMALL, json.dumps(nodes), str(tmp_path), json.dumps(FEW)],
@@ -357,6 +358,7 @@ def test_a_gpu_request_is_a_demand_the_autoscaler_sees(ray_session):
         ray_session.kill(actor)
 
 
+@pytest.mark.slow
 def test_sub_supernets_that_cannot_start_fail_the_run_in_one_line_and_it_resumes(ray_session, few_run, tmp_path,
                                                                                  monkeypatch):
     from raynas.driver import resume, search
