@@ -62,7 +62,7 @@ def main() -> None:
 
 
 def measure(*, subs: int, dataset: str, options: dict, C: int, N: int, steps: int, repeats: int, usable: int) -> dict:
-    """P3 on the Ray this process joined: ``subs`` sub-supernet actors of 1 CPU each with SPREAD
+    """P3 on the Ray this process joined: ``subs`` sub-supernet actors of 1 CPU each in a SPREAD
     placement group, a warm-up, then ``repeats`` times one after another and all at once."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
