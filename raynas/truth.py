@@ -218,6 +218,9 @@ class TruthExperiment:
     def searcher_class(self):
         return TruthSearcher
 
+    def attach(self, searcher) -> None:
+        pass  # no supernet actors follow the searcher's phases here
+
     def start(self, run_dir: Path, *, resume: bool):
         import ray
 
