@@ -206,7 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-concurrent", type=_int_arg(1), help="trainings at once (default: what the cluster holds)")
     t.add_argument("--resume", metavar="EXPERIMENT_DIR", help="continue a build whose driver died, with its own settings")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    for name in COMMAND_MODULES:
+        _command_module(name).add_parser(sub)
     return parser
+
+
+# Commands with a module of their own, raynas/commands/NAME.py: ``add_parser(sub)`` adds the
+# subcommand (importing nothing heavy: ``raynas --help`` stays fast) and ``run(args) -> int`` runs
+# it. Like this file they are the presenting layer: they print; the library under them does not.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_module(name: str):
+    import importlib
+
+    return importlib.import_module(f"raynas.commands.{name}")
 
 
 def _check_search(args) -> dict:
@@ -452,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else 2
     handlers = {"search": _cmd_search, "status": _cmd_status, "compare": _cmd_compare, "space": _cmd_space, "data": _cmd_data,
                 "rank": _cmd_rank, "truth": _cmd_truth}
+    handlers.update({name: _command_module(name).run for name in COMMAND_MODULES})
     try:
         return handlers[args.command](args)
     except Exception as err:
