@@ -25,7 +25,9 @@ from raynas.searchers import get_searcher_class
 from raynas.settings import ResourcesSettings, make_config, resume_overrides
 from raynas.spaces import get_space
 from raynas.storage import Location
-from raynas.supernets import ResourceWatch, SupernetActors, cluster_view, plan_resources, work_unit_trainable
+from raynas.cluster import cluster_view
+from raynas.plan import plan_resources
+from raynas.supernets import ResourceWatch, SupernetActors, work_unit_trainable
 
 #: the resources section's defaults (raynas.settings.ResourcesSettings, as a dict)
 DEFAULTS = {"resources": ResourcesSettings().to_dict()}

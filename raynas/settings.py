@@ -209,7 +209,7 @@ class ResourcesSettings(_Section):
     autoscaler adds GPU nodes for them); ``actor_gpus`` / ``standalone_gpus`` set one role alone;
     all ``None``: 1 each if the cluster has GPUs when the search starts, else CPU only. CPU shares
     are upper bounds: the driver shrinks them so that the search fits the cluster's nodes
-    (:func:`raynas.supernets.plan_resources`)."""
+    (:func:`raynas.plan.plan_resources`)."""
 
     section = "resources"
     actor_cpus: float = setting(1.0, _number(at_least=0), "CPUs of each supernet actor (at most: shrunk to fit the nodes)")

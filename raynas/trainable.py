@@ -180,7 +180,7 @@ def unit_resources(config: dict, *, trial_cpus: float, standalone_cpus: float, s
     """Trials that call actors are light (CPU only: the actor holds the GPU); standalone
     trainings and proxy units compute, so they hold their own CPU/GPU share (a GPU asked for even
     where no node has one yet: the request is what makes an autoscaler add one). The shares come
-    sized for the cluster (:func:`raynas.supernets.plan_resources`)."""
+    sized for the cluster (:func:`raynas.plan.plan_resources`)."""
     if config.get("kind") in ("standalone", "proxy"):
         return {"CPU": standalone_cpus, "GPU": standalone_gpus}
     return {"CPU": trial_cpus}

@@ -225,7 +225,8 @@ class TruthExperiment:
         import ray
 
         from raynas.driver import DEFAULTS
-        from raynas.supernets import cluster_gpus, work_unit_trainable
+        from raynas.cluster import cluster_gpus
+        from raynas.supernets import work_unit_trainable
 
         config = self.config
         res = dict(DEFAULTS["resources"])

@@ -394,7 +394,8 @@ def test_autoscaler_launches_the_gpu_worker_type_for_a_search(name):
 def _raynas_demands(node_types: dict, head_type: str, method: str, gpus: float, few_shot: str | None = None):
     """The requests raynas itself makes for a search on this cluster file (each phase at once)."""
     from raynas.settings import make_config
-    from raynas.supernets import ClusterView, demands
+    from raynas.cluster import ClusterView
+    from raynas.plan import demands
 
     overrides = {"resources": {"gpus": gpus}}
     if few_shot:

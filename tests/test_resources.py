@@ -25,7 +25,9 @@ import yaml
 from raynas.errors import UsageError
 from raynas.searchers import method_names
 from raynas.settings import make_config
-from raynas.supernets import ClusterView, NodeType, SupernetActors, demands, plan_resources
+from raynas.cluster import ClusterView, NodeType
+from raynas.plan import demands, plan_resources
+from raynas.supernets import SupernetActors
 from raynas.trainable import unit_resources
 from tests.test_searchers import Driver, make
 
@@ -48,7 +50,7 @@ def _fixed(*cpus, gpus=0.0):
 
 
 def _packs(plan, view):
-    from raynas.supernets import _packs
+    from raynas.plan import _packs
 
     return _packs([plan.actor] * plan.actors_at_once + [plan.trial] * plan.res["max_concurrent"], view.nodes)
 
@@ -341,7 +343,7 @@ def test_a_gpu_request_is_a_demand_the_autoscaler_sees(ray_session):
     from ray.autoscaler.v2.sdk import get_cluster_status
 
     from raynas.actor import SupernetActor
-    from raynas.supernets import pending_demands
+    from raynas.cluster import pending_demands
 
     actor = SupernetActor.options(num_cpus=0.5, num_gpus=1, name="demand-probe", namespace="raynas").remote(
         total_steps=1)
