@@ -12,6 +12,8 @@ with the truth's valid accuracy (``test_acc`` is kept in the table for reporting
   pair of single seeds, and split-half tau (mean of half the seeds vs mean of the other half,
   averaged over halvings). A truth whose split-half tau is low cannot rank anything.
 - :func:`rank_run`: :func:`rank_stats` of a run's ``candidates.parquet`` against a truth file.
+- :func:`load_truth`: the per-arch truth of a table, or of a benchmark truth (NAS-Bench-201 /
+  NATS-Bench, :mod:`raynas.nasbench`: one (dataset, epochs) of it chosen) or a benchmark file.
 """
 
 from __future__ import annotations
@@ -179,6 +181,50 @@ def truth_reliability(table: pd.DataFrame, *, metric: str = "valid_acc", splits:
     return out
 
 
+def select_truth(table: pd.DataFrame, *, dataset: str | None = None, epochs: int | None = None,
+                 where: str = "truth table") -> pd.DataFrame:
+    """The rows of one (dataset, epochs) of a benchmark truth (a table without a ``dataset``
+    column is one truth already). A raynas name picks the benchmark dataset a supernet's valid
+    scores compare with (cifar10 -> cifar10-valid)."""
+    if "dataset" not in table.columns or "epochs" not in table.columns:
+        if dataset is not None or epochs is not None:
+            raise ValueError(f"{where}: holds one truth (no dataset/epochs columns); drop --truth-dataset/--truth-epochs")
+        return table
+    from raynas.nasbench import LOOKUP_DATASETS
+
+    held = table[["dataset", "epochs"]].drop_duplicates().sort_values(["dataset", "epochs"])
+    listing = ", ".join(f"{d}/{e}" for d, e in held.itertuples(index=False))
+    name = LOOKUP_DATASETS.get(dataset, (dataset,))[0] if dataset is not None else None
+    chosen = held
+    if name is not None:
+        chosen = chosen[chosen["dataset"] == name]
+    if epochs is not None:
+        chosen = chosen[chosen["epochs"] == int(epochs)]
+    if len(chosen) != 1:
+        why = "holds no" if chosen.empty else "holds several truths for this"
+        raise ValueError(f"{where}: {why} --truth-dataset {dataset} --truth-epochs {epochs}; it holds (dataset/epochs) "
+                         f"{listing}: choose one with --truth-dataset and --truth-epochs")
+    d, e = chosen.iloc[0]
+    rows = table[(table["dataset"] == d) & (table["epochs"] == e)]
+    if not np.isfinite(rows["valid_acc"]).any():
+        raise ValueError(f"{where}: {d}/{e} has no valid accuracy (trained on train+valid); choose cifar10-valid")
+    return rows
+
+
+def load_truth(path: str | Path, *, dataset: str | None = None, epochs: int | None = None) -> pd.Series:
+    """Each arch's truth (mean valid accuracy over seeds) from a truth table, a benchmark truth
+    (one ``dataset``/``epochs`` of it) or a NAS-Bench-201 / NATS-Bench file or folder itself."""
+    path = Path(path)
+    if path.is_dir() or path.suffix == ".pth":
+        from raynas.nasbench import benchmark_truth, lookup_datasets
+
+        name = lookup_datasets(dataset)[0] if dataset is not None else None
+        table = benchmark_truth(path, datasets=None if name is None else [name], epochs=epochs)
+        return truth_values(select_truth(table, dataset=dataset, epochs=epochs, where=f"benchmark {path}"))
+    table, _ = read_truth(path)
+    return truth_values(select_truth(table, dataset=dataset, epochs=epochs, where=f"truth table {path}"))
+
+
 def truth_archs(path: str | Path) -> list[str]:
     """The archs of a truth table (what a ranking run should score), in the table's order."""
     table, _ = read_truth(path)
@@ -256,8 +302,9 @@ def _rank_one(run_dir: Location, truth: pd.Series, top_k: Sequence[int]) -> dict
     return {**identity, "scored": len(scores), **result}
 
 
-def rank_runs(run_dirs: Iterable[str | Path], truth_path: str | Path, *, top_k: Sequence[int] = (5, 10)) -> pd.DataFrame:
-    """One :func:`rank_run` row per run (a folder of runs is searched one level down)."""
-    table, _ = read_truth(truth_path)
-    truth = truth_values(table)
+def rank_runs(run_dirs: Iterable[str | Path], truth_path: "str | Path | pd.Series", *,
+              top_k: Sequence[int] = (5, 10)) -> pd.DataFrame:
+    """One :func:`rank_run` row per run (a folder of runs is searched one level down); the truth
+    is a table's path or :func:`load_truth`'s series."""
+    truth = truth_path if isinstance(truth_path, pd.Series) else load_truth(truth_path)
     return pd.DataFrame([_rank_one(d, truth, top_k) for d in _run_dirs(run_dirs)])

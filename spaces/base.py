@@ -68,7 +68,16 @@ class Space(ABC):
     def arch_from_index(self, index: int) -> Arch: ...
 
     @abstractmethod
-    def index_of(self, arch: Arch) -> int: ...
+    def index_of(self, arch: Arch) -> int:
+        """The space's own integer code of ``arch`` (``parse(int)`` reads it back)."""
+
+    def benchmark_index(self, arch: Arch) -> int:
+        """The arch's index in the space's tabular benchmark (the tables' ``arch_index``); a
+        space without a benchmark numbers its archs by :meth:`index_of`."""
+        return self.index_of(arch)
+
+    def arch_from_benchmark_index(self, index: int) -> Arch:
+        return self.arch_from_index(index)
 
     def parse(self, value: Any) -> Arch:
         """An arch from an arch, a string form, an index, or a sequence of op indices."""

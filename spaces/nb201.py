@@ -5,9 +5,18 @@ Its 6 edges, in the benchmark's row order, are ``1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3
 one of 5 ops in the benchmark's index order (``none, skip_connect, nor_conv_1x1, nor_conv_3x3,
 avg_pool_3x3``), so the space holds 5**6 = 15,625 archs.
 
-Integer index (raynas's own order; the benchmark's API orders its archs by file position):
-``index = sum(ops[e] * 5 ** (5 - e))``, i.e. the 6 op indices read as a base-5 number with edge
-``1<-0`` as the most significant digit. Index 0 is the all-``none`` arch, 15,624 all-``avg_pool``.
+Two integer forms of an arch:
+
+- the **benchmark index** (:meth:`NB201Space.benchmark_index`, the tables' ``arch_index``): the
+  arch's position in NAS-Bench-201 / NATS-Bench (``api.query_index_by_arch``, the files'
+  ``meta_archs``). The official build enumerates all cells with ``CellStructure.gen_all`` (the
+  order of the code below) and then shuffles them with ``random.seed(88); random.shuffle``;
+  :func:`benchmark_order` repeats that with its own ``random.Random(88)``, so no benchmark file is
+  needed (the test suite checks it against the official script's asserts).
+- raynas's **arch code** (``NB201Arch.index``, :meth:`NB201Space.index_of`, ``parse(int)``, the
+  tables' ``arch_code``): ``sum(ops[e] * 5 ** (5 - e))``, the 6 op indices read as a base-5
+  number with edge ``1<-0`` as the most significant digit (0 is the all-``none`` arch, 15,624
+  all-``avg_pool``). It is also ``gen_all``'s order before the shuffle.
 """
 
 from __future__ import annotations
@@ -96,10 +105,22 @@ class NB201Arch:
 
     @property
     def index(self) -> int:
+        """raynas's arch code (base 5); the benchmark's index is :attr:`benchmark_index`."""
         value = 0
         for o in self.ops:
             value = value * NUM_OPS + o
         return value
+
+    @property
+    def benchmark_index(self) -> int:
+        """The arch's index in NAS-Bench-201 / NATS-Bench (see :func:`benchmark_order`)."""
+        return benchmark_order()[1][self.index]
+
+    @classmethod
+    def from_benchmark_index(cls, index: int) -> "NB201Arch":
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < NUM_ARCHS:
+            raise ValueError(f"NB201 arch index {index!r}; expected an int in 0..{NUM_ARCHS - 1} (the NAS-Bench-201 index)")
+        return cls.from_index(benchmark_order()[0][int(index)])
 
     def __str__(self) -> str:
         names = [f"{OP_NAMES[o]}~{j}" for o, (_, j) in zip(self.ops, EDGES)]
@@ -111,6 +132,29 @@ class NB201Arch:
     def __reduce__(self):
         # compact and version-proof pickles (archs travel through Ray and searcher checkpoints)
         return (NB201Arch, (self.ops,))
+
+
+#: the seed of the official shuffle (NAS-Bench-201's ``exps/NAS-Bench-201/main.py``)
+BENCHMARK_SHUFFLE_SEED = 88
+
+
+@lru_cache(maxsize=1)
+def benchmark_order() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(code_of, index_of)``: the arch code of each benchmark index, and the inverse.
+
+    ``CellStructure.gen_all(OP_NAMES, 4, False)`` enumerates node 1's input op slowest, then
+    node 2's (input 0 before input 1), then node 3's: the base-5 code order. The official script
+    then calls ``random.seed(88); random.shuffle(archs)``; a private ``random.Random(88)`` draws
+    the same permutation (the global RNG is left alone).
+    """
+    import random
+
+    codes = list(range(NUM_ARCHS))
+    random.Random(BENCHMARK_SHUFFLE_SEED).shuffle(codes)
+    inverse = [0] * NUM_ARCHS
+    for position, code in enumerate(codes):
+        inverse[code] = position
+    return tuple(codes), tuple(inverse)
 
 
 @lru_cache(maxsize=None)
@@ -218,7 +262,15 @@ class NB201Space(Space):
         return self._inside(NB201Arch.from_index(index))
 
     def index_of(self, arch: NB201Arch) -> int:
+        """raynas's arch code (the tables' ``arch_code``)."""
         return arch.index
+
+    def benchmark_index(self, arch: NB201Arch) -> int:
+        """The benchmark's index of ``arch`` (the tables' ``arch_index``)."""
+        return arch.benchmark_index
+
+    def arch_from_benchmark_index(self, index: int) -> NB201Arch:
+        return self._inside(NB201Arch.from_benchmark_index(index))
 
     # --- sets and variation ---------------------------------------------------------------
     def enumerate(self) -> Iterator[NB201Arch]:
