@@ -11,14 +11,22 @@
 A network here is an :class:`~raynas.spaces.nb201_nets.NB201Supernet` (or the stem-less one-cell
 :class:`ThinNetwork`) run as a mixture whose per-edge weights come from a 0/1 *mask* of active
 ops (:func:`mixture_weights`), or any ``nn.Module`` taking only the input. :func:`score_masks`
-scores a list of masks the way a TE-NAS round needs: for each repeat, one fresh Kaiming init and
-one batch (seeded), shared by every mask, so the full supernet's value of a repeat pairs with each
-pruned candidate's. Everything is deterministic given the seed: inits and batches are drawn from
-CPU ``torch.Generator`` s, so a mask scores the same on any device up to floating point.
+scores a list of masks the way a TE-NAS round needs: for each repeat, one fresh init and one batch
+(seeded), shared by every mask, so the full supernet's value of a repeat pairs with each pruned
+candidate's. The init (:data:`INITS`) is ``"default"``, PyTorch's own module initialisation, which
+is what the official code ran (:func:`default_init_`; behind the paper's 93.9), or ``"kaiming"``,
+the Kaiming normal init the paper describes (:func:`kaiming_init_`). Everything is deterministic
+given the seed: inits and batches are drawn from CPU ``torch.Generator`` s (the global RNG is left
+as it was), so a mask scores the same on any device up to floating point.
+
+Ops whose mixture weight is 0 (pruned, or ``none``) do not run, in both proxies: the official
+cell does the same (``layer(nodes[j]) * w if w > 0.01 else 0`` in TENAS'
+``lib/models/cell_searchs/search_cells.py``), so a pruned op's ReLU adds no sign pattern there either.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -29,8 +37,11 @@ from raynas.checks import require_at_least_one
 from raynas.spaces.nb201_nets import EDGES, NUM_EDGES, NUM_OPS, NB201Supernet, SearchCell
 
 __all__ = [
+    "INITS",
     "mixture_weights",
+    "default_init_",
     "kaiming_init_",
+    "init_network_",
     "build_ntk_network",
     "ThinNetwork",
     "ntk_gram",
@@ -44,6 +55,9 @@ __all__ = [
 
 #: the value the official code gives a NaN condition number (np.nan_to_num(..., nan=1e5))
 NAN_CONDITION = 1e5
+#: how the proxies' networks are initialised: PyTorch's module defaults (what the official code
+#: ran: its init names match nothing) or the paper's Kaiming normal
+INITS = ("default", "kaiming")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,9 +81,8 @@ def kaiming_init_(module: nn.Module, *, mode: str, generator: torch.Generator | 
     """The init the TE-NAS paper intends: Kaiming normal (``mode`` "fan_in" for the region count,
     "fan_out" for the NTK) on convolutions and linear layers with zero biases; BN weight 1, bias 0.
 
-    Deviation from the official code, which never applies it: its launcher passes
-    ``init="kaiming_normal"`` and ``init_model`` only knows ``kaiming_norm_fanin/_fanout``, so the
-    official networks keep PyTorch's default init."""
+    The official code never applies it (:func:`default_init_`): ``init="kaiming"`` is the paper's
+    intent, not the code's run."""
     if mode not in ("fan_in", "fan_out"):
         raise ValueError(f"mode={mode!r}; expected 'fan_in' or 'fan_out'")
     with torch.no_grad():
@@ -82,6 +95,36 @@ def kaiming_init_(module: nn.Module, *, mode: str, generator: torch.Generator | 
                 m.weight.fill_(1.0)
                 m.bias.zero_()
     return module
+
+
+def default_init_(module: nn.Module, *, generator: torch.Generator | None = None) -> nn.Module:
+    """PyTorch's own initialisation, drawn from ``generator``: what ``reset_parameters`` of
+    ``nn.Conv2d`` / ``nn.Linear`` does (weight ``kaiming_uniform_(a=sqrt(5))``, bias uniform in
+    +-1/sqrt(fan_in)) and a BatchNorm's weight 1, bias 0. The official TE-NAS networks keep this
+    init: its launcher's ``--init kaiming_normal`` becomes ``kaiming_normal_fanout`` /
+    ``kaiming_normal_fanin``, names its ``init_model`` does not know, so nothing re-initialises them."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
+                if m.bias is not None:
+                    fan_in, _ = nn.init._calculate_fan_in_and_fan_out(m.weight)
+                    bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                    m.bias.uniform_(-bound, bound, generator=generator)
+            elif isinstance(m, nn.BatchNorm2d) and m.affine:
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+    return module
+
+
+def init_network_(module: nn.Module, init: str, *, mode: str, generator: torch.Generator | None = None) -> nn.Module:
+    """``module`` initialised by ``init`` (:data:`INITS`); ``mode`` is Kaiming's fan ("fan_in" for
+    the region count's network, "fan_out" for the NTK's; PyTorch's default init has none)."""
+    if init == "default":
+        return default_init_(module, generator=generator)
+    if init == "kaiming":
+        return kaiming_init_(module, mode=mode, generator=generator)
+    raise ValueError(f"init={init!r}; expected one of {INITS}")
 
 
 def build_ntk_network(*, num_classes: int, in_channels: int, C: int = 3, N: int = 1) -> NB201Supernet:
@@ -247,17 +290,20 @@ def score_masks(
     crop_size: int = 3,
     ntk_C: int = 3,
     ntk_N: int = 1,
+    init: str = "default",
     device: Any = "cpu",
 ) -> list[dict]:
     """Both proxies of each mask, per repeat: ``[{"ntk": [k_0, ...], "regions": [r_0, ...]}]``.
 
-    Repeat ``r`` draws one Kaiming init (fan_out) of the NTK network and one batch of
-    ``ntk_batch`` of ``images`` (the train split, normalised), and one Kaiming init (fan_in) of
-    the thin network and ``region_batches`` batches of ``region_samples`` random crops, all from
-    generators seeded by ``(seed, r)``; every mask of the call is scored on them. ``images`` may
-    live on ``device`` already."""
+    Repeat ``r`` draws one ``init`` (:func:`init_network_`; Kaiming with fan_out) of the NTK
+    network and one batch of ``ntk_batch`` of ``images`` (the train split, normalised), and one
+    ``init`` (Kaiming: fan_in) of the thin network and ``region_batches`` batches of
+    ``region_samples`` random crops, all from generators seeded by ``(seed, r)``; every mask of the
+    call is scored on them. ``images`` may live on ``device`` already."""
     require_at_least_one(repeats=repeats, ntk_batch=ntk_batch, region_samples=region_samples,
                          region_batches=region_batches)
+    if init not in INITS:
+        raise ValueError(f"init={init!r}; expected one of {INITS}")
     if ntk_batch > images.shape[0]:
         raise ValueError(f"ntk_batch={ntk_batch} > {images.shape[0]} train images; must be <= the train split's size")
     weights = [mixture_weights(m) for m in masks]
@@ -266,16 +312,17 @@ def score_masks(
     in_channels = images.shape[1]
     out = [{"ntk": [], "regions": []} for _ in masks]
     for r in range(int(repeats)):
-        net = build_ntk_network(num_classes=num_classes, in_channels=in_channels, C=ntk_C, N=ntk_N)
-        kaiming_init_(net, mode="fan_out", generator=repeat_generator(seed, r, 0))
+        with torch.random.fork_rng(devices=[]):  # the modules' own init draws from the global RNG: overwritten
+            net = build_ntk_network(num_classes=num_classes, in_channels=in_channels, C=ntk_C, N=ntk_N)
+            thin = ThinNetwork(C=1, num_classes=num_classes)  # crops have one channel
+        init_network_(net, init, mode="fan_out", generator=repeat_generator(seed, r, 0))
         net.to(device).train()
         pick = torch.randperm(images.shape[0], generator=repeat_generator(seed, r, 1))[:ntk_batch]
         batch = images[pick.to(device)]
         for row, w in zip(out, weights):
             row["ntk"].append(ntk_condition_number(net, batch, w))
         del net
-        thin = ThinNetwork(C=1, num_classes=num_classes)  # crops have one channel
-        kaiming_init_(thin, mode="fan_in", generator=repeat_generator(seed, r, 2))
+        init_network_(thin, init, mode="fan_in", generator=repeat_generator(seed, r, 2))
         thin.to(device).train()
         gen = repeat_generator(seed, r, 3)
         crops = [random_crops(images, region_samples, size=crop_size, generator=gen) for _ in range(region_batches)]

@@ -54,6 +54,10 @@ from raynas.storage import Location
 BN_MODES = ("batch", "running")
 #: how score() runs a candidate: its single path, or EvNAS's decoded mixture softmax(one_hot(arch))
 PATH_MODES = ("arch", "decoded")
+#: what a training step does to the weights of the ops off its path: "decay", the official
+#: single-path code's (PyTorch 1.x ``zero_grad`` left zero gradients, so SGD's weight decay and
+#: momentum moved every weight every step), or "frozen" (gradients set to None: untouched)
+OFFPATH_MODES = ("decay", "frozen")
 SNAPSHOT_FORMAT = 1
 
 
@@ -217,7 +221,11 @@ class SupernetWorker:
     end of every :meth:`train` call, plus one ``v{version:08d}.pt`` per call, of which the newest
     ``keep_versions`` are kept; ``None``: all) and makes a new worker resume from ``snapshot.pt``.
     ``expect_snapshot=True`` (a resumed run) refuses to start without that file rather than train
-    again from zero.
+    again from zero. ``offpath`` (:data:`OFFPATH_MODES`) says what a step does to the weights off
+    its path: ``"decay"`` (default) gives every weight a zero gradient, so SGD's weight decay and
+    momentum move all of them every step, as in the official single-path code (PyTorch 1.x
+    ``zero_grad`` zeroed gradients; there an op joins at its first use, here from step 1);
+    ``"frozen"`` leaves them untouched (gradients set to None, today's PyTorch default).
     """
 
     def __init__(
@@ -231,6 +239,7 @@ class SupernetWorker:
         C: int = 16,
         N: int = 5,
         bn_mode: str = "batch",
+        offpath: str = "decay",
         batch_size: int = 64,
         valid_batch_size: int = 512,
         lr: float = 0.025,
@@ -253,6 +262,8 @@ class SupernetWorker:
     ) -> None:
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode={bn_mode!r}; expected one of {BN_MODES}")
+        if offpath not in OFFPATH_MODES:
+            raise ValueError(f"offpath={offpath!r}; expected one of {OFFPATH_MODES}")
         if (total_steps is None) == (epochs is None):
             raise ValueError(f"total_steps={total_steps!r}, epochs={epochs!r}; give exactly one (the schedule's length)")
         require_at_least_one(batch_size=batch_size, valid_batch_size=valid_batch_size, total_steps=total_steps or 1,
@@ -283,9 +294,12 @@ class SupernetWorker:
             bn_track_running_stats=bn_mode == "running",
         ).to(self.device)
         self.criterion = torch.nn.CrossEntropyLoss()
+        # one param group, every supernet weight in it (no no-decay group): under offpath="decay"
+        # the decay and momentum reach each of them every step
         self.optimizer = torch.optim.SGD(
             self.supernet.parameters(), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay
         )
+        self._materialise_grads()
         self.train_batches = Batches(
             self.splits.train, batch_size, augment=info, drop_last=True, seed=seed, device=self.device
         )
@@ -324,6 +338,22 @@ class SupernetWorker:
         if spec != self.policy.spec:
             self.policy = make_policy(spec, self.space, self.supernet.num_cells, self.device)
         return self.policy
+
+    def _materialise_grads(self) -> None:
+        """``offpath="decay"``: give every weight a zero gradient where it has none, so that each
+        optimizer step decays it and moves its momentum, on the path or off it (a weight whose
+        gradient is None is skipped by SGD). A no-op under ``"frozen"``. Called at start, after
+        every state load and at each train call: a resumed worker steps exactly as one that ran on."""
+        if self.config["offpath"] != "decay":
+            return
+        for p in self.supernet.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+
+    def _clear_grads(self) -> None:
+        """Before a step: zero gradients (``"decay"``; the weights off the path keep a zero one) or
+        none at all (``"frozen"``: what the step does not touch, it leaves alone)."""
+        self.optimizer.zero_grad(set_to_none=self.config["offpath"] == "frozen")
 
     def _lr(self, version: int) -> float:
         cfg = self.config
@@ -367,6 +397,7 @@ class SupernetWorker:
             policy_obj.load_state_dict(parent_policy["state"])
         cfg = self.config
         net, opt = self.supernet, self.optimizer
+        self._materialise_grads()
         net.train()
         began, start_version = time.perf_counter(), self.version
         loss_sum = torch.zeros((), device=self.device)
@@ -381,11 +412,11 @@ class SupernetWorker:
             x, y = next(self._train_iter)
             logits = net(x, policy_obj.path(self.rng, self.version))
             loss = self.criterion(logits, y)
-            opt.zero_grad(set_to_none=True)
+            self._clear_grads()
             loss.backward()
             # one sync per step, taken after the backward is queued; a broken batch gets no step
             if not bool(torch.isfinite(loss.detach())):
-                opt.zero_grad(set_to_none=True)
+                self._clear_grads()
                 value = float(loss.detach())
                 diverged = {
                     "diverged": True,
@@ -534,6 +565,7 @@ class SupernetWorker:
             "in_channels": self.splits.info.in_channels,
             "input_size": self.splits.info.input_size,
             "bn_mode": self.config["bn_mode"],
+            "offpath": self.config["offpath"],
             "allowed_ops": [list(a) for a in self.space.allowed_ops],
             "parameters": sum(p.numel() for p in self.supernet.parameters()),
             "seconds": dict(self.seconds),
@@ -576,6 +608,7 @@ class SupernetWorker:
         self.version = int(state["version"])
         self.seconds = dict(state["seconds"])
         self.initialized_from = state.get("initialized_from")
+        self._materialise_grads()  # gradients are not state: a loaded "decay" worker has them again
 
     def snapshot(self, path: str | os.PathLike | Location | None = None) -> str:
         """Write the full state atomically (to the snapshot path unless ``path``, a local path or a

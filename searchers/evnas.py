@@ -35,8 +35,10 @@ Deviations:
   cutout mask is empty: cutout is silently off there. raynas has no cutout, which matches what the
   official search actually ran.
 - The whole valid split is read in a fixed order (the official loader reshuffles it for every
-  individual); with batch-statistics BN (``bn_mode="batch"``, the official
-  ``track_running_stats=False``) the batch composition moves accuracies slightly.
+  individual). With the presets' running-statistics BN (``bn_mode="running"``: the official
+  launcher ``searchNAS201.sh`` passes ``--track_running_stats`` on all three runs) eval-mode
+  fitness does not depend on the order; only ``bn_mode="batch"`` makes the batch composition move
+  accuracies slightly.
 - Work is cut into units: per generation one ``train`` unit (``train/0/U``) and one ``score``
   cohort (``score/gG``) addressed by the generation's end version, so a resumed search scores each
   generation at the same version as an uninterrupted one; a cohort that comes back short

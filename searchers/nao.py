@@ -45,9 +45,11 @@ Deviations:
   10 classes) with a floor (the smallest arch holding any parametric op: 101,306 on NB201; the
   official code has no floor, its NASNet archs always carry parameters); see
   :class:`raynas.policies.BalancedPolicy`.
-- The learning rate restarts every iteration (METHODS.md); the official code keeps one
-  ``CosineAnnealingLR(T_max=epochs per iteration)`` over all iterations, which in PyTorch swings
-  back up over the next iteration instead of restarting.
+- The learning rate restarts every iteration as in the official code, which builds a fresh
+  ``CosineAnnealingLR(T_max=epochs per iteration, eta_min=lr_min)`` at the start of every
+  iteration (``get_scheduler`` in ``train_search.py``; the optimizer, and with it the momentum,
+  carries on). It steps per epoch, before each epoch, so an official iteration's first epoch
+  already runs one step down the cosine and its last at ``lr_min``; raynas steps per optimizer step.
 - If lambda reaches ``max_step_size`` with fewer than ``new_archs`` unseen archs, the rest are
   drawn uniformly from unseen archs (the official code goes on with a smaller pool), so a pool is
   never empty.
@@ -92,7 +94,9 @@ class EncoderPredictorDecoder(nn.Module):
     Encoder: embedding ``emb_size`` -> LSTM ``hidden_size``; outputs L2-normalised per position,
     mean-pooled and normalised again (the arch embedding). Predictor: Linear(hidden -> 1) +
     sigmoid on the embedding. Decoder: LSTM ``hidden_size`` started from (embedding, embedding),
-    Luong attention over the encoder outputs (``tanh(W [mix; out])``), log-softmax over tokens.
+    then the official ``Attention``: the decoder output ``out`` projected (``input_proj``, no
+    bias) is dotted with the encoder outputs, softmax over positions, ``mix`` = the weighted
+    encoder outputs, and ``tanh(output_proj([mix; out]))`` (no bias); log-softmax over tokens.
     """
 
     def __init__(self, num_ops: int, length: int, *, emb_size: int = 32, hidden_size: int = 64) -> None:
@@ -104,7 +108,9 @@ class EncoderPredictorDecoder(nn.Module):
         self.regressor = nn.Linear(hidden_size, 1)
         self.dec_embedding = nn.Embedding(vocab, hidden_size)
         self.decoder = nn.LSTM(hidden_size, hidden_size, batch_first=True)
-        self.attn_out = nn.Linear(2 * hidden_size, hidden_size)
+        # the official Attention(hidden_size): both projections without bias
+        self.attn_in = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.attn_out = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.out = nn.Linear(hidden_size, vocab)
 
     def encode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -121,7 +127,7 @@ class EncoderPredictorDecoder(nn.Module):
         return torch.sigmoid(self.regressor(self.pool(h))).squeeze(-1)
 
     def _attend(self, out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        attn = torch.softmax(torch.bmm(out, h.transpose(1, 2)), dim=-1)
+        attn = torch.softmax(torch.bmm(self.attn_in(out), h.transpose(1, 2)), dim=-1)
         mix = torch.bmm(attn, h)
         out = torch.tanh(self.attn_out(torch.cat((mix, out), dim=-1)))
         return F.log_softmax(self.out(out), dim=-1)
@@ -439,6 +445,9 @@ class NAOSearcher(SupernetSearcher):
         g = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
         model = build_epd(space.num_ops, space.num_edges, g, emb_size=self.emb_size, hidden_size=self.hidden_size)
         if self.epd_state_ is not None:
+            if set(self.epd_state_) != set(model.state_dict()):
+                raise ValueError("nao: the saved EPD weights are of another layout (a raynas before the decoder "
+                                 "attention's input projection); start this search anew")
             model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.epd_state_.items()})
         perm = torch.randperm(len(archs), generator=g).tolist()
         n_valid = int(len(archs) * self.valid_fraction)

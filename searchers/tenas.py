@@ -27,13 +27,23 @@ searcher's RNG), so the full mask's value of repeat ``r`` pairs with every candi
 ``r``. The searcher waits for the whole round (a barrier), prunes, and starts the next; a proxy
 unit that comes back short re-issues its missing masks (``proxy/rR/J/restN``).
 
+Initialisation (``init``): ``"default"`` (the default and the ``paper`` preset's) is PyTorch's own
+module init, :func:`raynas.proxies.default_init_`: what the official runs had, and so what is
+behind the paper's 93.9 (the launcher's ``--init kaiming_normal`` becomes ``kaiming_normal_fanout``
+/ ``kaiming_normal_fanin``, names its ``init_model`` does not know: nothing re-initialises the
+networks). ``"kaiming"`` is the Kaiming normal the paper describes (fan_out for the NTK network,
+fan_in for the thin one; zero biases, BN weight 1).
+
 Deviations:
-- One set of ``repeats`` inits and batches per round, shared by all candidates (the official code
-  draws fresh inits and batches for every candidate and re-scores the full supernet each time);
-  the pairing full-vs-pruned within a repeat is the official one.
-- Kaiming normal init is applied (fan_out for the NTK network, fan_in for the thin one), as the
-  paper intends; the official launcher passes ``init="kaiming_normal"``, which its
-  ``init_model`` does not know, so its networks keep PyTorch's default init.
+- Sampling of inits and inputs: raynas draws, per round, ``repeats`` (init, batch) pairs from the
+  round's seed, each shared by every candidate, and scores the full mask once per repeat. The
+  official ``prune_func_rank`` builds the NTK network once per round and, its init being a no-op,
+  scores every candidate and every repeat of the round on those same default weights (each
+  repeat copies them into the pruned network and reads the train loader's next batch); it builds
+  the thin network anew for every candidate (fresh default weights, shared by that candidate's
+  repeats; each repeat reads the next 3 batches of crops); and it re-scores the full supernet
+  beside every candidate on the same weights and inputs. The pairing of full vs pruned within a
+  repeat (same weights, same inputs) is the official one.
 - ``torch.linalg.eigvalsh`` in float64 replaces the removed ``torch.symeig`` (float32).
 - Ranks are taken on the rounded values (the official code sorts on rounded values but decides
   ties on the unrounded means of per-repeat values rounded to 3 decimals).
@@ -41,6 +51,10 @@ Deviations:
   crops drawn with replacement (the official code iterates a shuffled, augmented loader).
 - Distinct sign patterns are counted exactly (``torch.unique``) instead of the official
   half-precision Gram trick; the two agree whenever the latter does not overflow.
+
+Not a deviation: ops with mixture weight 0 (pruned ones, ``none``) do not run, so their ReLUs add
+no sign pattern to the region count; the official cell skips every op whose weight is <= 0.01
+(``search_cells.py``), which is the same.
 """
 
 from __future__ import annotations
@@ -52,6 +66,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from raynas.searchers.base import WorkUnitSearcher
+# the proxies' init choices, Ray-free and torch-free (raynas.proxies.INITS, which imports torch)
+from raynas.searchers.arguments import TENAS_INITS as INITS
 from raynas.spaces.nb201 import EDGE_NAMES, NUM_EDGES, NUM_OPS, OP_NAMES
 
 from raynas.searchers.presets import TENAS_PRESETS as PRESETS  # defined Ray-free there (raynas.settings reads them)
@@ -128,6 +144,7 @@ class TENASSearcher(WorkUnitSearcher):
         ntk_C: int = 3,
         ntk_N: int = 1,
         precision: int = 3,
+        init: str = "default",
         masks_per_unit: int | None = None,
         standalone: dict | None = None,
         space: str = "nb201",
@@ -143,6 +160,8 @@ class TENASSearcher(WorkUnitSearcher):
                                 ("ntk_C", ntk_C, 1), ("ntk_N", ntk_N, 1), ("precision", precision, 1)):
             if int(value) < low:
                 raise ValueError(f"{key}={value!r}; must be >= {low}")
+        if init not in INITS:
+            raise ValueError(f"init={init!r}; expected one of {', '.join(map(repr, INITS))}")
         if masks_per_unit is not None and int(masks_per_unit) < 1:
             raise ValueError(f"masks_per_unit={masks_per_unit!r}; must be >= 1 "
                              "(or None: spread each round over max_concurrent units)")
@@ -153,6 +172,7 @@ class TENASSearcher(WorkUnitSearcher):
         self.ntk_C = int(ntk_C)
         self.ntk_N = int(ntk_N)
         self.precision = int(precision)
+        self.init = init
         self.masks_per_unit = None if masks_per_unit is None else int(masks_per_unit)
         self.standalone = dict(standalone or {})
         self.total_steps = total_steps
@@ -200,7 +220,8 @@ class TENASSearcher(WorkUnitSearcher):
         return {"kind": "proxy", "key": key, "round": self.round_, "seed": self.round_seed_,
                 "labels": [label for label, _ in chunk], "masks": [mask for _, mask in chunk],
                 "repeats": self.repeats, "ntk_batch": self.ntk_batch, "region_samples": self.region_samples,
-                "region_batches": self.region_batches, "ntk_C": self.ntk_C, "ntk_N": self.ntk_N}
+                "region_batches": self.region_batches, "ntk_C": self.ntk_C, "ntk_N": self.ntk_N,
+                "init": self.init}
 
     def _finish_round(self) -> None:
         full = self.proxies_[FULL]

@@ -241,3 +241,15 @@ def test_evnas_search_end_to_end(ray_session, tmp_path):
     assert summary["final_arch"] == last["archs"][best]
     assert tuple(state["population_"][best].argmax(1)) == SPACE.parse(summary["final_arch"]).ops
     assert np.isfinite(summary["standalone_test_acc"])
+
+
+def test_the_presets_run_cell_bn_on_running_statistics_as_the_official_launcher():
+    # searchNAS201.sh passes --track_running_stats on all three runs
+    from raynas.settings import make_config
+
+    for preset in ("paper", "small"):
+        assert make_config("evnas", preset=preset)["supernet"]["bn_mode"] == "running", preset
+    worker = SupernetWorker(dataset="digits", C=4, N=1, total_steps=1, valid_batch_size=64, bn_mode="running")
+    # the search cells' op BNs (affine=False; the residual blocks' BNs are affine)
+    cell_bns = [m for m in worker.supernet.cells.modules() if isinstance(m, torch.nn.BatchNorm2d) and not m.affine]
+    assert cell_bns and all(m.track_running_stats for m in cell_bns)

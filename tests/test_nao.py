@@ -128,6 +128,26 @@ def test_epd_init_leaves_the_global_torch_rng_alone_and_is_seeded():
     assert max(p.abs().max().item() for p in a.parameters()) <= 0.04
 
 
+def test_decoder_attention_is_the_published_one_with_its_input_projection():
+    model = build_epd(5, 6, torch.Generator().manual_seed(6))
+    H = model.hidden_size
+    assert model.attn_in.weight.shape == (H, H) and model.attn_in.bias is None  # official input_proj
+    assert model.attn_out.weight.shape == (H, 2 * H) and model.attn_out.bias is None  # official output_proj
+    h = model.encode(arch_tokens(SPACE.sample(np.random.default_rng(6), 3)))
+    out = torch.randn(3, 6, H, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        got = model._attend(out, h)
+        # official Attention.forward: x = input_proj(input); attn = softmax(x h^T); mix = attn h;
+        # tanh(output_proj([mix; input])), then the decoder's out layer and log-softmax
+        attn = torch.softmax(out @ model.attn_in.weight.T @ h.transpose(1, 2), dim=-1)
+        mixed = torch.tanh(torch.cat((attn @ h, out), dim=-1) @ model.attn_out.weight.T)
+        torch.testing.assert_close(got, torch.log_softmax(model.out(mixed), dim=-1))
+        # the projection is used: without it (the identity) the decoder would say something else
+        plain = torch.softmax(out @ h.transpose(1, 2), dim=-1)
+        unprojected = torch.tanh(torch.cat((plain @ h, out), dim=-1) @ model.attn_out.weight.T)
+        assert not torch.allclose(got, torch.log_softmax(model.out(unprojected), dim=-1))
+
+
 def test_decoder_reproduces_the_archs_it_was_fitted_on():
     archs = list(dict.fromkeys(SPACE.sample(np.random.default_rng(4), 8)))
     g = torch.Generator().manual_seed(4)

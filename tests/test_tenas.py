@@ -274,3 +274,63 @@ def test_tenas_search_end_to_end(ray_session, tmp_path):
     final = get_space("nb201").parse(summary["final_arch"])
     assert final.ops == tuple(kept[e] for e in range(6))
     assert summary["standalone_epochs"] == 1 and np.isfinite(summary["standalone_test_acc"])
+
+
+# --- the official init and the official region rule -------------------------------------------
+def test_default_init_is_pytorchs_own_bit_for_bit_and_differs_from_kaiming():
+    from raynas.proxies import default_init_
+
+    before = torch.get_rng_state()
+    torch.manual_seed(11)  # PyTorch's own init: two networks built from one global stream
+    reference = [ThinNetwork(C=1, num_classes=10), build_ntk_network(num_classes=10, in_channels=1, C=3)]
+    g = torch.Generator().manual_seed(11)  # ours: the same stream from a private generator
+    ours = [default_init_(ThinNetwork(C=1, num_classes=10), generator=g),
+            default_init_(build_ntk_network(num_classes=10, in_channels=1, C=3), generator=g)]
+    for a, b in zip(reference, ours):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    images = torch.randn(20, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    kwargs = dict(num_classes=10, repeats=1, ntk_batch=6, region_samples=64, region_batches=1, seed=3)
+    torch.set_rng_state(before)
+    default = score_masks([FULL_MASK], images, init="default", **kwargs)
+    assert torch.equal(before, torch.get_rng_state())  # scoring leaves the global RNG alone
+    assert default == score_masks([FULL_MASK], images, **kwargs)  # "default" is the default
+    assert default != score_masks([FULL_MASK], images, init="kaiming", **kwargs)
+    with pytest.raises(ValueError, match=r"init='xavier'; expected one of \('default', 'kaiming'\)"):
+        score_masks([FULL_MASK], images, init="xavier", **kwargs)
+
+
+def test_the_searcher_sends_its_init_and_the_paper_preset_is_the_official_one():
+    from raynas.proxies import INITS
+    from raynas.searchers.arguments import TENAS_INITS
+    from raynas.settings import make_config
+
+    assert INITS == TENAS_INITS
+    assert make_config("tenas", preset="paper")["searcher"]["init"] == "default"
+    unit = TENASSearcher(init="kaiming", max_concurrent=1).suggest("t0")
+    assert unit["kind"] == "proxy" and unit["init"] == "kaiming"
+    assert TENASSearcher(max_concurrent=1).suggest("t0")["init"] == "default"
+    with pytest.raises(ValueError, match="init='xavier'; expected one of 'default', 'kaiming'"):
+        TENASSearcher(init="xavier")
+
+
+def test_region_count_skips_the_relus_of_pruned_ops_as_the_official_cell():
+    # the official cell runs `layer(nodes[j]) * w if w > 0.01 else 0`: a pruned op never runs, so its
+    # ReLU (on its input node) adds nothing. Here only 1<-0 holds a conv; nodes 1 and 2 feed pruned
+    # convs only, so counting those ReLUs too would add the sign patterns of nodes 1 and 2.
+    mask = [[0, 0, 0, 1, 0]] + [[0, 1, 0, 0, 0]] * 5
+    net = kaiming_init_(ThinNetwork(C=1, num_classes=3), mode="fan_in", generator=torch.Generator().manual_seed(2))
+    net.train()
+    x = torch.randn(600, 1, 3, 3, generator=torch.Generator().manual_seed(3))
+    counted = linear_region_count(net, [x], mixture_weights(mask))
+
+    with torch.no_grad():  # the official forward by hand: conv on 1<-0, skips elsewhere
+        conv = net.cell.edges[0][3]
+        relu0 = torch.relu(x)
+        node1 = conv.op[2](conv.op[1](relu0))
+        node2 = x + node1
+        last = torch.relu(net.lastact[0](x + node1 + node2))
+    patterns = lambda *acts: int(torch.unique(torch.cat([(a > 0).flatten(1) for a in acts], 1), dim=0).shape[0])
+    official = patterns(relu0, last)
+    with_pruned = patterns(relu0, last, torch.relu(node1), torch.relu(node2))
+    assert counted == official
+    assert with_pruned > official  # the rule matters on this input: the old claim would count more
