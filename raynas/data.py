@@ -53,6 +53,15 @@ Stratified means: class quotas proportional to the class counts (largest-remaind
 exact total), each class's members drawn at random; the indices of a split are kept in the
 files' order.
 
+Data roles (:func:`assign_roles`, ``load_dataset(..., train_split=, score_split=)``): what a search
+trains its weights on and scores its candidates on. ``train_split="train"`` (default) or
+``"train+valid"`` (the whole train set: CIFAR-10's 50,000 images, as the few-shot NAS code trains
+its supernets); ``score_split="valid"`` (default) or ``"test"`` (the few-shot paper scores every
+arch on the test set). The returned :class:`Splits` keep their roles' names: ``train`` is what the
+weights train on, ``valid`` what candidates are scored on (and SETN's alpha learns on), ``test``
+the test split. A combination that scores on images the weights trained on
+(``"train+valid"`` with ``"valid"``) is refused with one line.
+
 Errors: a missing directory, a missing file or a malformed file raises :class:`DatasetError`
 (a ``ValueError``) with one line naming the directory or file and the files expected.
 
@@ -102,9 +111,14 @@ __all__ = [
     "DatasetInfo",
     "FASHION_MNIST_DEFAULT_ROOT",
     "crop_flip",
+    "SCORE_SPLITS",
     "Split",
     "Splits",
+    "TRAIN_SPLITS",
+    "assign_roles",
     "check_options",
+    "check_roles",
+    "join_splits",
     "data_cache",
     "dataset_names",
     "dataset_options",
@@ -197,6 +211,48 @@ class Splits:
 
 
 # ---------------------------------------------------------------------------------------------
+# data roles: what the weights train on, what candidates are scored on
+
+#: what a search's weights may train on (raynas.settings mirrors these without importing this module)
+TRAIN_SPLITS = ("train", "train+valid")
+#: what a search's candidates may be scored on
+SCORE_SPLITS = ("valid", "test")
+
+
+def check_roles(train_split: str = "train", score_split: str = "valid") -> None:
+    """Refuse an unknown role or one that leaks (scoring on images the weights trained on), with
+    one line (:class:`DatasetError`)."""
+    if train_split not in TRAIN_SPLITS:
+        raise DatasetError(f"train_split={train_split!r}; expected one of {', '.join(map(repr, TRAIN_SPLITS))}")
+    if score_split not in SCORE_SPLITS:
+        raise DatasetError(f"score_split={score_split!r}; expected one of {', '.join(map(repr, SCORE_SPLITS))}")
+    if train_split == "train+valid" and score_split == "valid":
+        raise DatasetError("train_split='train+valid' with score_split='valid' scores candidates on images the "
+                           "weights trained on; expected score_split='test' (or train_split='train')")
+
+
+def join_splits(a: Split, b: Split) -> Split:
+    """The images of ``a`` then those of ``b``, as one split (e.g. train and valid: the whole train set)."""
+    return Split(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]))
+
+
+def assign_roles(splits: Splits, train_split: str = "train", score_split: str = "valid") -> Splits:
+    """``splits`` as a search uses them (see the module docstring): ``train`` = the train split or
+    train and valid joined, ``valid`` = the valid or the test split, ``test`` = the test split.
+    The defaults return ``splits`` itself. The fingerprint stays the dataset's (the same images
+    in other roles; a run records its roles apart), so a run's recorded data hash is that of its
+    files and options whatever the roles."""
+    check_roles(train_split, score_split)
+    if (train_split, score_split) == ("train", "valid"):
+        return splits
+    train = splits.train if train_split == "train" else join_splits(splits.train, splits.valid)
+    scored = splits.valid if score_split == "valid" else splits.test
+    out = Splits(splits.info, train, scored, splits.test)
+    out._fingerprint = splits.fingerprint()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # registry
 
 DATASETS: dict[str, Callable[..., Splits]] = {}
@@ -245,8 +301,10 @@ def check_options(name: str, options: dict) -> None:
             raise DatasetError(f"{name}: unknown option {option!r}{hint}; {name} takes: {', '.join(valid)}")
 
 
-def load_dataset(name: str, root: str | os.PathLike | None = None, **options) -> Splits:
-    """Load dataset ``name`` (see the module docstring) from ``root`` (None = its default).
+def load_dataset(name: str, root: str | os.PathLike | None = None, *, train_split: str = "train",
+                 score_split: str = "valid", **options) -> Splits:
+    """Load dataset ``name`` (see the module docstring) from ``root`` (None = its default), in the
+    data roles ``train_split`` / ``score_split`` (:func:`assign_roles`).
 
     ``root`` may be a storage URI (``s3://bucket/data/fashion-mnist``, ``gs://...``, any pyarrow
     filesystem, or a :class:`raynas.storage.Location`): the folder is copied once to a node-local
@@ -257,9 +315,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options) ->
     if key not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; expected one of: {', '.join(dataset_names())}")
     check_options(key, options)
+    check_roles(train_split, score_split)
     root, remote = _storage_root(root)
     if remote is None:
-        return DATASETS[key](root=root, **options)
+        return assign_roles(DATASETS[key](root=root, **options), train_split, score_split)
     try:
         local = remote.local_copy(data_cache())
     except FileNotFoundError:
@@ -268,7 +327,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, **options) ->
     except (OSError, ValueError) as err:
         raise DatasetError(f"{key}: cannot copy {remote} to the local cache {data_cache()}: {err}") from None
     try:
-        return DATASETS[key](root=local, **options)
+        return assign_roles(DATASETS[key](root=local, **options), train_split, score_split)
     except DatasetError as err:  # name the URI the user gave, not the cache's copy
         raise DatasetError(str(err).replace(str(local), str(remote))) from None
 

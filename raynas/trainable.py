@@ -10,8 +10,8 @@ again has the same key) and ``unit`` (a counter):
   the actor scores the cohort at supernet version V, candidate j on valid batches s + j*b...;
   one row per candidate so searchers see each in ``on_trial_result``. Optional
   ``"path_mode": "decoded"`` scores each arch's EvNAS mixture instead of its single path.
-- ``{"kind": "standalone", "arch": s, "epochs": E, ...}``: trains the arch from scratch in the
-  trial itself (it holds its own GPU when the cluster has them); a row per epoch and a raynas
+- ``{"kind": "standalone", "arch": s, "epochs": E, "seed": S, "train_split": T, ...}``: trains the
+  arch from scratch with seed S (777) on the train split or train+valid (T) in the trial itself (it holds its own GPU when the cluster has them); a row per epoch and a raynas
   checkpoint every few epochs (``RUN_DIR/checkpoints/``, by key; the run directory may be a storage
   URI such as ``s3://bucket/runs/r1``), so a re-issued unit resumes, on whichever node it runs.
 - ``{"kind": "proxy", "masks": [...], "labels": [...], "repeats": R, "seed": s, ...}``: TE-NAS's
@@ -135,7 +135,8 @@ def _standalone(config: dict, run: dict, base: dict) -> None:
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
     training = StandaloneTraining(
         get_space(run["space"]), config["arch"], splits, C=config.get("C", 16), N=config.get("N", 5),
-        seed=config.get("seed", 777), device=device, eval_every=config.get("eval_every", 1), **recipe,
+        seed=config.get("seed", 777), device=device, eval_every=config.get("eval_every", 1),
+        train_split=config.get("train_split", "train"), **recipe,
     )
     # raynas's own checkpoint, by unit key (not Tune's): a unit re-issued after a crash, in this
     # session or a resumed one, continues the same training from its last checkpoint
@@ -165,8 +166,8 @@ def _proxy(config: dict, run: dict, base: dict) -> None:
     splits = _splits(run["dataset"], run.get("data_dir"), tuple(sorted((run.get("data_options") or {}).items())))
     device = "cuda" if ray.get_gpu_ids() else "cpu"
     torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
-    options = {k: config[k] for k in ("repeats", "ntk_batch", "region_samples", "region_batches", "ntk_C", "ntk_N")
-               if k in config}
+    options = {k: config[k] for k in ("repeats", "ntk_batch", "region_samples", "region_batches", "ntk_C", "ntk_N",
+                                      "init") if k in config}
     start = time.perf_counter()
     rows = score_masks(config["masks"], splits.train.images, num_classes=splits.info.num_classes,
                        seed=config["seed"], device=device, **options)

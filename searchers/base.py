@@ -26,7 +26,9 @@ after an error, a re-issue after a resume). Row logs and tables key rows by (key
                 split). Both come from the cohort's place in the search, never from the unit
                 counter or timing: a candidate's score is a function of (arch, V, batch).
 ``standalone``  ``standalone/ARCH`` (picks of the final phase; isomorphic picks, by
-                :meth:`function_key`, are trained once: the next distinct pick takes the slot).
+                :meth:`function_key`, are trained once: the next distinct pick takes the slot);
+                ``standalone/ARCH/sSEED`` when the recipe names several ``seeds`` (each pick
+                trains once per seed; the winner has the best mean valid accuracy over them).
 ``proxy``       ``proxy/rR/J``: TE-NAS round R, unit J.
 ==============  ============================================================================
 
@@ -97,6 +99,37 @@ logger = logging.getLogger(__name__)
 _MULTI_ROW = {"score": ("archs", "arch", ("archs",)), "proxy": ("labels", "label", ("labels", "masks"))}
 
 _HOW_TO_TUNE = "raynas.searchers.tune_config(searcher) builds a TuneConfig that fits"
+
+#: the seeds NAS-Bench-201 trains every arch with (its headline numbers are their mean)
+BENCHMARK_SEEDS = (777, 888, 999)
+#: how few-shot sub-supernets start: from the one-shot supernet (weights and policy state, e.g.
+#: SETN's alpha), or from scratch, each its own search (the official few-shot SETN)
+FEW_SHOT_VARIANTS = ("continue", "independent")
+
+
+def final_seeds(n: int) -> list[int]:
+    """The first ``n`` standalone seeds: the benchmark's 777, 888, 999, then 1110, 1221, ..."""
+    require_at_least_one(final_seeds=n)
+    return [777 + 111 * i for i in range(int(n))]
+
+
+def sub_supernet_steps(total_steps: int, regions: int, *, budget: "float | str" = "equal",
+                       steps: int | None = None) -> int:
+    """The training steps of each few-shot sub-supernet: ``steps`` when given; ``budget="equal"``:
+    the one-shot budget shared out, ``total_steps // regions`` each (the few-shot total equals the
+    one-shot's); a number ``f``: ``round(f * total_steps)`` each (the official few-shot code: 0.5,
+    i.e. 600 one-shot epochs then 300 per sub-supernet)."""
+    if steps is not None:
+        return int(steps)
+    if budget == "equal":
+        return max(1, int(total_steps) // max(1, int(regions)))
+    return max(1, round(float(budget) * int(total_steps)))
+
+
+def sub_supernets_inherit(searcher: dict) -> bool:
+    """Whether the sub-supernets of a few-shot search (its searcher settings) start from the
+    one-shot supernet (``few_shot_variant="continue"``, the default) or from scratch."""
+    return searcher.get("few_shot_variant", "continue") == "continue"
 
 
 def check_tune_settings(owner: str, *, metric=None, mode=None, num_samples=-1, scheduler=None, stop=None,
@@ -177,6 +210,8 @@ class WorkUnitSearcher(Searcher):
         self.finished_ = False
         self.failure_: str | None = None
         self.completed_: list[str] = []  # unit keys, in completion order
+        #: standalone unit key -> its last row's facts (arch, unit, seed, train split, accuracies)
+        self.finals_: dict[str, dict] = {}
         self._tune_checked = False  # Tune's settings seen (set_search_properties) or vouched for (tune_config)
         self._warned = False
         # --- the driver's, not state (never saved, dropped when pickled) -------------------
@@ -306,6 +341,10 @@ class WorkUnitSearcher(Searcher):
         elif unit["kind"] == "standalone" and row.get("epoch", 0) < row.get("epochs", 0):
             self._standalone_stopped(unit, row)
             return
+        if unit["kind"] == "standalone":
+            self.finals_[unit["key"]] = {"arch": unit["arch"], "unit": unit["unit"], "role": unit.get("role", ""),
+                                         "train_seed": unit.get("seed"), **{k: row[k] for k in (
+                                             "valid_acc", "test_acc", "train_split") if k in row}}
         self._on_complete(unit, row)
         self.completed_.append(unit["key"])
         if unit["kind"] in _MULTI_ROW:
@@ -509,26 +548,43 @@ class WorkUnitSearcher(Searcher):
                              f"gave only {len(seen)} in 1000 rounds of sampling: ask for fewer")
         return list(seen.values())[:n]
 
-    def _standalone_unit(self, arch: str, role: str = "final") -> dict:
-        return {"kind": "standalone", "key": f"standalone/{arch}", "arch": arch, "role": role, **self.standalone}
+    def _final_seeds(self) -> list[int]:
+        """The seeds each final pick trains with: the recipe's ``seeds``, else its ``seed`` (777)."""
+        recipe = getattr(self, "standalone", None) or {}
+        return [int(s) for s in (recipe.get("seeds") or [recipe.get("seed", BENCHMARK_SEEDS[0])])]
+
+    def _standalone_unit(self, arch: str, role: str = "final", seed: int | None = None) -> dict:
+        """The standalone training of ``arch`` with ``seed`` (the first of :meth:`_final_seeds`
+        unless given): key ``standalone/ARCH``, or ``standalone/ARCH/sSEED`` under several seeds."""
+        seeds = self._final_seeds()
+        seed = seeds[0] if seed is None else int(seed)
+        key = f"standalone/{arch}" if len(seeds) == 1 else f"standalone/{arch}/s{seed}"
+        recipe = {k: v for k, v in self.standalone.items() if k != "seeds"}
+        return {"kind": "standalone", "key": key, "arch": arch, "role": role, **recipe, "seed": seed}
 
     def _final_units(self, picks: list[str]):
-        """The last phase of every method: each pick trained standalone once (role "final"; the
-        best valid accuracy wins), then ``FINISHED``. Picks computing the same function are
-        trained once. Needs ``self.standalone`` (the recipe) and ``self.standalone_`` (arch ->
-        last row of its training)."""
-        issued = set(self.standalone_) | {u["arch"] for u in self._pending("standalone")}
+        """The last phase of every method: each pick trained standalone once per seed (role
+        "final"; the best mean valid accuracy over the seeds wins, :func:`raynas.results.final_winner`),
+        then ``FINISHED``. Picks computing the same function are trained once. Needs
+        ``self.standalone`` (the recipe)."""
+        issued = set(self.finals_) | set(self.completed_) | {u["key"] for u in self._pending("standalone")}
         for arch in self.distinct_functions(picks):
-            if arch not in issued:
-                return self._standalone_unit(arch)
+            for seed in self._final_seeds():
+                unit = self._standalone_unit(arch, seed=seed)
+                if unit["key"] not in issued:
+                    return unit
         if self._live("standalone"):
             return None
         return Searcher.FINISHED
 
     def _best_standalone(self) -> str | None:
-        if not self.standalone_:
-            return None
-        return max(self.standalone_, key=lambda a: self.standalone_[a].get("valid_acc", 0.0))
+        """The winner of the final trainings (:func:`raynas.results.final_winner` of their rows)."""
+        from raynas.results import final_winner
+
+        rows = list(self.finals_.values())
+        if not rows:  # a state saved before raynas kept finals_
+            rows = [{**row, "arch": arch} for arch, row in getattr(self, "standalone_", {}).items()]
+        return final_winner(rows)
 
     # --- state ----------------------------------------------------------------------------
     def get_state(self) -> dict:
@@ -547,6 +603,7 @@ class WorkUnitSearcher(Searcher):
             "finished": self.finished_,
             "failure": self.failure_,
             "completed": self.completed_,
+            "finals": self.finals_,
         }
         state.update({key: getattr(self, key) for key in self._state_keys})
         return state
@@ -570,6 +627,7 @@ class WorkUnitSearcher(Searcher):
         self.finished_ = state["finished"]
         self.failure_ = state["failure"]
         self.completed_ = state["completed"]
+        self.finals_ = state.get("finals", {})  # absent from states of raynas before multi-seed finals
         for key in self._state_keys:
             setattr(self, key, state[key])
 
@@ -724,6 +782,12 @@ class OneShotSearcher(SupernetSearcher):
     (id 0) is trained, the sub-supernets ``1..K`` (one per region of ``space.split(EDGES)``,
     each initialised from the one-shot snapshot by its actor) train ``few_shot_steps`` steps
     each, concurrently; every candidate is then scored on the sub-supernet whose region holds it.
+    Their budget (:func:`sub_supernet_steps`): ``few_shot_steps``, else ``sub_supernet_budget``:
+    ``"equal"`` (``total_steps // K`` each: few-shot costs what one-shot costs) or a fraction of
+    the one-shot's ``total_steps`` *each* (the official code: 0.5). ``few_shot_variant``:
+    ``"continue"`` (sub-supernets start from the trained one-shot supernet: its weights and its
+    policy's state) or ``"independent"`` (the one-shot supernet is not trained; each
+    sub-supernet is its own search from scratch: the official few-shot SETN).
     """
 
     supports_few_shot = True
@@ -742,6 +806,8 @@ class OneShotSearcher(SupernetSearcher):
         policy: dict | str = "uniform",
         few_shot: Sequence[int] | None = None,
         few_shot_steps: int | None = None,
+        sub_supernet_budget: float | str = "equal",
+        few_shot_variant: str = "continue",
         space: str = "nb201",
         seed: int = 0,
         max_concurrent: int = 4,
@@ -764,10 +830,26 @@ class OneShotSearcher(SupernetSearcher):
         self.policy = policy
         self.few_shot = None if few_shot is None else self.space_.parse_edges(few_shot)
         self.regions_ = self.space_.split(self.few_shot) if self.few_shot else []
-        if self.few_shot and few_shot_steps is None:
-            few_shot_steps = max(1, self.total_steps // len(self.regions_))
+        if sub_supernet_budget != "equal" and (isinstance(sub_supernet_budget, bool)
+                                              or not isinstance(sub_supernet_budget, (int, float))
+                                              or not math.isfinite(sub_supernet_budget) or sub_supernet_budget <= 0):
+            raise ValueError(f"sub_supernet_budget={sub_supernet_budget!r}; expected 'equal' or a fraction > 0 of "
+                             "the one-shot supernet's steps (each sub-supernet's)")
+        if few_shot_variant not in FEW_SHOT_VARIANTS:
+            raise ValueError(f"few_shot_variant={few_shot_variant!r}; expected one of {', '.join(FEW_SHOT_VARIANTS)}")
+        if few_shot_steps is not None and sub_supernet_budget != "equal":
+            raise ValueError(f"few_shot_steps={few_shot_steps!r} and sub_supernet_budget={sub_supernet_budget!r}; "
+                             "give one of them (steps, or a fraction of the one-shot steps)")
+        if few_shot_variant != "continue" and not self.few_shot:
+            raise ValueError(f"few_shot_variant={few_shot_variant!r} without few_shot; expected few_shot=EDGES "
+                             "(--few-shot) to split the supernet")
+        self.sub_supernet_budget = sub_supernet_budget
+        self.few_shot_variant = few_shot_variant
         if few_shot_steps is not None and int(few_shot_steps) < 1:
             raise ValueError(f"few_shot_steps={few_shot_steps!r}; must be >= 1")
+        if self.few_shot:
+            few_shot_steps = sub_supernet_steps(self.total_steps, len(self.regions_), budget=sub_supernet_budget,
+                                                steps=few_shot_steps)
         self.few_shot_steps = few_shot_steps
         self.candidates_: list[str] = []
 
@@ -777,7 +859,8 @@ class OneShotSearcher(SupernetSearcher):
 
     def _next_unit(self):
         if self.phase_ == "train":
-            if self.trained_[0] < self.total_steps:
+            # the independent variant trains no one-shot supernet: each sub-supernet starts from scratch
+            if self.trained_[0] < self.total_steps and self.few_shot_variant == "continue":
                 return self._chunk(0, self.total_steps)
             self.phase_ = "train_sub" if self.few_shot else "score"
         if self.phase_ == "train_sub":

@@ -27,8 +27,16 @@ Deviations:
   weights get no ``.grad`` from it (the official code also backpropagates into the weights, then
   zeroes those gradients before the next weight step: the same weights result).
 - On a sub-space, alpha is masked (disallowed ops get weight 0 and are not in the template).
-  Under few-shot each sub-supernet trains its own alpha, from a fresh init, and each region
-  contributes its own template top ``num_candidates``.
+  Under few-shot each sub-supernet trains its own alpha and each region contributes its own
+  template top ``num_candidates``. Where alpha starts depends on ``few_shot_variant``:
+  ``"continue"`` (default): each sub-supernet continues the one-shot supernet's alpha (its values,
+  its Adam moments and its valid stream: the worker loads the parent's policy state, the spec
+  being the same), masked to its region, as it continues the parent's weights. ``"independent"``:
+  the official few-shot SETN (METHODS.md): no one-shot supernet is trained; each sub-supernet is
+  a SETN search of its own from scratch (fresh weights, fresh alpha, a fresh optimizer) for
+  ``few_shot_steps`` steps (``sub_supernet_budget=1.0``: the one-shot schedule each; the
+  ``few-shot-paper`` preset). Every sub-supernet starts from the run's seed (the same initial
+  weights and alpha on the ops they share).
 - The "paper" preset uses no gradient clipping: neither official SETN loop clips.
 - The weights' learning rate follows the cosine per step (officially: once per epoch).
 - The official loop reruns the selection after every epoch for its log; raynas runs it once.
@@ -90,8 +98,9 @@ class SETNSearcher(OneShotSearcher):
     last exported alpha is kept in ``exports_[k]["alpha"]`` (searcher state).
 
     Under few-shot (``few_shot=EDGES``) every sub-supernet trains its own alpha (the policy masks
-    the ops outside its region) and each region contributes the top ``num_candidates`` of its own
-    template, as the few-shot authors run SETN once per sub-supernet.
+    the ops outside its region; it continues the one-shot supernet's alpha, or starts afresh with
+    ``few_shot_variant="independent"``, as the few-shot authors run SETN once per sub-supernet) and
+    each region contributes the top ``num_candidates`` of its own template.
     """
 
     method = "setn"

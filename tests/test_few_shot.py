@@ -1,13 +1,9 @@
 """Few-shot NAS: sub-supernets as parallel actors, each initialised from the one-shot supernet."""
 
 import json
-import subprocess
-import sys
-import textwrap
 
 import pandas as pd
 import pytest
-import torch
 
 from raynas.driver import search
 from raynas.rowlog import read_rows
@@ -20,28 +16,8 @@ FEW = {
 }
 
 
-def test_few_shot_rsps_scores_each_candidate_on_its_region(ray_session, tmp_path):
-    run = search("rsps", overrides=FEW, storage=tmp_path, name="few", verbose=0)
-    manifest = json.loads((run / "manifest.json").read_text())
-    few = manifest["few_shot"]
-    assert few["edges"] == [0] and few["sub_supernets"] == 5 and few["steps"] == 8
-    candidates = pd.read_parquet(run / "candidates.parquet")
-    space = get_space("nb201")
-    assert len(candidates) == 10
-    for arch, supernet, version in zip(candidates["arch"], candidates["supernet"], candidates["supernet_version"]):
-        region = space.parse(arch).ops[0]  # split on edge 1<-0: region k holds op k there
-        assert supernet == region + 1 and version == 8
-    parent = run / "supernets" / "0" / "snapshot.pt"
-    assert torch.load(parent, weights_only=True)["version"] == manifest["supernet"]["total_steps"]
-    trained_subs = {int(k) for k in candidates["supernet"]}
-    for k in range(1, 6):
-        state = torch.load(run / "supernets" / str(k) / "snapshot.pt", weights_only=True)
-        assert state["version"] == 8 and state["initialized_from"] == str(parent)
-    assert trained_subs <= set(range(1, 6))
-    summary = pd.read_parquet(run / "summary.parquet").iloc[0]
-    assert summary["final_arch"] in set(candidates["arch"])
-    # every supernet's steps: the one-shot supernet's and each sub-supernet's
-    assert summary["supernet_steps"] == manifest["supernet"]["total_steps"] + 5 * 8
+# the end-to-end few-shot rsps search (each candidate on its region, versions, inheritance from the
+# one-shot snapshot) is tests/test_protocols.py's module run, under the official protocol's settings
 
 
 def test_few_shot_needs_a_one_shot_method(tmp_path):
@@ -49,42 +25,6 @@ def test_few_shot_needs_a_one_shot_method(tmp_path):
 
     with pytest.raises(UsageError, match="no few-shot variant"):
         make_config("random", overrides={"searcher": {"few_shot": "0"}})
-
-
-TWO_NODES = textwrap.dedent(
-    """
-    import json, os, sys
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    import ray
-    from ray.cluster_utils import Cluster
-    from raynas.driver import search
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3})
-    cluster.add_node(num_cpus=3)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address, namespace="raynas", log_to_driver=False)
-    overrides = json.loads(sys.argv[2])
-    run = search("rsps", overrides=overrides, storage=sys.argv[1], name="two", address=cluster.address, verbose=0)
-    manifest = json.loads((run / "manifest.json").read_text())
-    nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-    print(json.dumps({"nodes": sorted(nodes), "actor_nodes": manifest["few_shot"]["nodes"], "run": str(run)}))
-    ray.shutdown()
-    cluster.shutdown()
-    """
-)
-
-
-def test_sub_supernets_spread_over_a_two_node_cluster(tmp_path):
-    overrides = json.loads(json.dumps(FEW))
-    overrides["searcher"]["few_shot_steps"] = 4
-    result = subprocess.run([sys.executable, "-c", TWO_NODES, str(tmp_path), json.dumps(overrides)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
-    sub_nodes = out["actor_nodes"][1:]
-    assert len(sub_nodes) == 5 and set(sub_nodes) == set(out["nodes"])  # SPREAD: both nodes hold sub-supernets
-    candidates = pd.read_parquet(f"{out['run']}/candidates.parquet")
-    assert len(candidates) == 10 and candidates["supernet"].between(1, 5).all()
 
 
 def test_few_shot_setn_takes_each_regions_template_from_its_own_alpha(ray_session, tmp_path):

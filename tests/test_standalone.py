@@ -47,3 +47,14 @@ def test_a_restored_training_continues_exactly(splits):
 def test_unknown_recipe_settings_are_refused(splits):
     with pytest.raises(ValueError, match=r"unknown settings \['lr_max'\]"):
         _train(splits, epochs=1, lr_max=0.1)
+
+
+def test_on_the_whole_train_set_nothing_is_held_out_and_the_row_says_what_it_trained_on(splits):
+    training = _train(splits, epochs=1, train_split="train+valid")
+    (row,) = [training.run_epoch()]
+    assert row["train_size"] == len(splits.train) + len(splits.valid) == training.train_size
+    assert (row["train_seed"], row["train_split"]) == (3, "train+valid")
+    assert "valid_acc" not in row and 0.0 <= row["test_acc"] <= 1.0
+    assert _train(splits, epochs=1).run_epoch()["train_size"] == len(splits.train)
+    with pytest.raises(ValueError, match="train_split='test'"):
+        _train(splits, epochs=1, train_split="test")
