@@ -97,6 +97,37 @@ def _with_few_shot(overrides: dict, edges: str | None) -> dict:
     return overrides
 
 
+def _final_seeds_arg(text: str) -> list[int]:
+    """``--final-seeds``: a count N (the benchmark's seeds 777, 888, 999, then 1110...) or a
+    comma-separated list of seeds (``777,888``)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [int(p) for p in parts if p]
+    except ValueError:
+        values = []
+    if not values or any(v < 0 for v in values) or ("," not in str(text) and values[0] < 1) \
+            or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{_short(text)}: expected a count N >= 1 (seeds 777, 888, 999, ...) or a "
+                                         "comma-separated list of distinct seeds, e.g. 777,888")
+    if "," in str(text):
+        return values
+    return [777 + 111 * i for i in range(values[0])]
+
+
+def _with_finals(overrides: dict, seeds: list[int] | None, train: str | None) -> dict:
+    """``--final-seeds`` / ``--final-train`` into the standalone recipe (searcher.standalone)."""
+    if seeds is None and train is None:
+        return overrides
+    searcher = overrides.setdefault("searcher", {})
+    recipe = dict(searcher.get("standalone") or {})
+    if seeds is not None:
+        recipe["seeds"] = seeds
+    if train is not None:
+        recipe["train_split"] = {"train": "train", "full": "train+valid"}[train]
+    searcher["standalone"] = recipe
+    return overrides
+
+
 def _with_gpus(overrides: dict, gpus: float | None) -> dict:
     if gpus is not None:
         overrides.setdefault("resources", {})["gpus"] = gpus
@@ -131,16 +162,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", default="digits", help=f"one of: {', '.join(dataset_names())} (default digits)")
     s.add_argument("--data-dir", help="folder holding the dataset's files (fashion-mnist defaults to Debian's)")
     s.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
-    s.add_argument("--preset", default="small", help="small (minutes on 2 CPU cores), paper, or rank (rsps: a ranking run; "
+    s.add_argument("--preset", default="small", help="small (minutes on 2 CPU cores), paper, few-shot-paper "
+                        "(rsps/setn: the official few-shot NAS protocol), or rank (rsps: a ranking run; "
                         "see truth/README.md) (default small)")
     s.add_argument("--seed", type=_int_arg(0), default=0)
     s.add_argument("--few-shot", metavar="EDGES",
                    help="few-shot NAS: split the space on these edges, e.g. '1<-0' (5 sub-supernets) or '1<-0,3<-2' (25)")
+    s.add_argument("--final-seeds", type=_final_seeds_arg, metavar="N|S1,S2",
+                   help="train each final pick with N seeds (777, 888, 999, ...: the benchmark's) or these seeds; the "
+                        "summary gives their mean and std (default: the preset's, one seed 777)")
+    s.add_argument("--final-train", choices=("train", "full"),
+                   help="final picks train on the train split (valid held out: picks compared on it) or the full "
+                        "train set, train+valid, as the benchmark's headline numbers (the search's best pick wins)")
     s.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                    help="override a setting, e.g. supernet.epochs=5 or searcher.num_candidates=50")
     s.add_argument("--candidates", metavar="FILE",
                    help="score exactly these archs (rsps): a truth table, a candidates.parquet or a text file of "
                         "arch strings; with --preset rank, a ranking run for `raynas rank`")
+    s.add_argument("--benchmark", metavar="PATH",
+                   help="add NAS-Bench-201's accuracy of every candidate and of the final pick to the tables: a truth "
+                        "made by `raynas truth --from-benchmark` (fast) or the benchmark file/folder itself")
+    s.add_argument("--benchmark-dataset", metavar="NAME",
+                   help="the benchmark's dataset to look up (default: the run's; needed for digits/fashion-mnist): "
+                        "cifar10, cifar100 or imagenet16-120")
     s.add_argument("--storage", default="runs", help="where run directories go: a folder (default ./runs) or a URI "
                         "every node reaches, e.g. s3://BUCKET/runs, gs://BUCKET/runs")
     s.add_argument("--name", help="run directory name (default METHOD-DATASET-sSEED-TIME)")
@@ -180,12 +224,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rank", help="rank agreement of runs' supernet scores with a truth table (reads files only)")
     r.add_argument("runs", nargs="+", metavar="RUN_DIR")
-    r.add_argument("--truth", required=True, metavar="TABLE", help="truth parquet, e.g. truth/fashion-mnist16.parquet")
+    r.add_argument("--truth", required=True, metavar="TABLE", help="truth parquet, e.g. truth/fashion-mnist16.parquet, "
+                        "or a NAS-Bench-201 / NATS-Bench file (or a truth imported from one)")
+    r.add_argument("--truth-dataset", metavar="NAME", help="a benchmark truth's dataset, e.g. cifar10-valid, cifar100")
+    r.add_argument("--truth-epochs", type=_int_arg(1), metavar="E", help="a benchmark truth's epoch budget, e.g. 200 or 12")
     r.add_argument("--format", choices=("text", "csv", "json"), default="text")
     r.add_argument("--top-k", type=_int_arg(1), action="append", metavar="K", help="top-k precision for K (default 5 and 10)")
 
     t = sub.add_parser("truth", help="build a ground-truth table: a stratified sample of archs trained standalone, several seeds each")
     t.add_argument("--output", help="the table to write (.parquet; never overwritten) and its .json beside it")
+    t.add_argument("--from-benchmark", metavar="PATH", help="import NAS-Bench-201 (.pth v1.0/v1.1) or NATS-Bench topology "
+                        "(NATS-tss-v1_0-3ffb9-simple folder) instead of training: every arch, dataset, epoch budget, seed")
     t.add_argument("--dataset", default="fashion-mnist", help=f"one of: {', '.join(dataset_names())} (default fashion-mnist)")
     t.add_argument("--data-dir", help="folder holding the dataset's files (fashion-mnist defaults to Debian's)")
     t.add_argument("--data-option", action="append", metavar="KEY=VALUE", help="dataset option, e.g. resolution=16")
@@ -215,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands with a module of their own, raynas/commands/NAME.py: ``add_parser(sub)`` adds the
 # subcommand (importing nothing heavy: ``raynas --help`` stays fast) and ``run(args) -> int`` runs
 # it. Like this file they are the presenting layer: they print; the library under them does not.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("plot", "study", "export")
 
 
 def _command_module(name: str):
@@ -230,14 +279,17 @@ def _check_search(args) -> dict:
     from raynas import settings
 
     if args.resume is not None:
-        if any(v is not None for v in (args.data_dir, args.name, args.data_option, args.few_shot, args.candidates)):
+        if any(v is not None for v in (args.data_dir, args.name, args.data_option, args.few_shot, args.candidates,
+                                       args.final_seeds, args.final_train, args.benchmark)):
             raise UsageError("--resume continues a run with its own settings; "
-                             "drop --data-dir/--name/--data-option/--few-shot/--candidates")
+                             "drop --data-dir/--name/--data-option/--few-shot/--candidates/--final-seeds/--final-train/--benchmark")
         # a resume may change where and how the search runs (resources), not what it computes
         return settings.resume_overrides(_with_gpus(_parse_set(args.set), args.gpus))
     settings.check_storage(args.storage)
     settings.check_name(args.name)
+    args.benchmark_source = _benchmark_source(args)
     overrides = _with_gpus(_with_few_shot(_parse_set(args.set), args.few_shot), args.gpus)
+    overrides = _with_finals(overrides, args.final_seeds, args.final_train)
     if args.candidates is not None:
         from raynas.ranking import read_archs
 
@@ -249,6 +301,24 @@ def _check_search(args) -> dict:
                          data_options=_parse_options(args.data_option), preset=args.preset, seed=args.seed,
                          overrides=overrides)
     return overrides
+
+
+def _benchmark_source(args) -> dict | None:
+    """``--benchmark`` / ``--benchmark-dataset`` checked (before Ray starts): the run's
+    ``benchmark`` setting, ``{"path", "dataset", "epochs"}``, or None."""
+    if args.benchmark is None:
+        if args.benchmark_dataset is not None:
+            raise UsageError("--benchmark-dataset needs --benchmark PATH")
+        return None
+    from raynas.nasbench import check_source, lookup_datasets
+
+    dataset = args.benchmark_dataset or args.dataset
+    if args.benchmark_dataset is None and dataset not in ("cifar10", "cifar100", "imagenet16-120"):
+        raise UsageError(f"--benchmark: dataset {dataset!r} is not one of NAS-Bench-201's; name the benchmark's "
+                         "dataset to look the archs up on with --benchmark-dataset cifar10|cifar100|imagenet16-120")
+    lookup_datasets(dataset)
+    check_source(args.benchmark)
+    return {"path": str(Path(args.benchmark).resolve()), "dataset": dataset, "epochs": 200}
 
 
 def _cmd_search(args) -> int:
@@ -271,6 +341,7 @@ def _cmd_search(args) -> int:
             preset=args.preset,
             seed=args.seed,
             overrides=overrides,
+            benchmark=args.benchmark_source,
             storage=args.storage,
             name=args.name,
             address=args.address,
@@ -323,7 +394,9 @@ def _cmd_compare(args) -> int:
         table.to_parquet(args.output, index=False)
         return 0
     if args.format == "markdown":
-        text = _markdown(table)
+        from raynas.results import markdown_table
+
+        text = markdown_table(table)
     elif args.format == "csv":
         text = table.to_csv(index=False).rstrip("\n")
     else:
@@ -337,16 +410,6 @@ def _cmd_compare(args) -> int:
     return 0
 
 
-def _markdown(table) -> str:
-    def cell(v):
-        # arch strings are full of '|': escape them or they split the markdown cell
-        return f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def _cmd_space(args) -> int:
     from raynas.spaces import get_space
 
@@ -358,13 +421,14 @@ def _cmd_space(args) -> int:
         raise UsageError(str(err)) from None
     net = dict(C=args.C, N=args.N, num_classes=args.num_classes)
     if args.arch is not None:
-        # an index only in ASCII digits: '\u0663' is not index 3
+        # an index only in ASCII digits: '\u0663' is not index 3; an int is the benchmark's index
         text = args.arch.strip()
         try:
-            arch = space.parse(int(text) if is_index_text(text) else args.arch)
+            arch = space.arch_from_benchmark_index(int(text)) if is_index_text(text) else space.parse(args.arch)
         except ValueError as err:
             raise UsageError(f"--arch: {err}") from None
-        print(f"arch       {arch}\nindex      {space.index_of(arch)}\nops        {arch.ops}")
+        print(f"arch       {arch}\nindex      {space.benchmark_index(arch)} (NAS-Bench-201's, the tables' arch_index)\n"
+              f"code       {space.index_of(arch)} (raynas's base-5 code, the tables' arch_code)\nops        {arch.ops}")
         print(f"parameters {space.count_parameters(arch, **net):,} (C={args.C}, N={args.N}, {args.num_classes} classes)")
         print(f"FLOPs      {space.count_flops(arch, input_size=args.input_size, **net):,} ({args.input_size}x{args.input_size} input)")
         return 0
@@ -391,14 +455,15 @@ def _cmd_data(args) -> int:
 def _cmd_rank(args) -> int:
     import json
 
-    from raynas.ranking import rank_runs, read_truth
+    from raynas.ranking import load_truth, rank_runs
 
     try:
-        read_truth(args.truth)  # a candidates table or a stray parquet is refused here, in one line
+        # a candidates table or a stray parquet is refused here, in one line
+        truth = load_truth(args.truth, dataset=args.truth_dataset, epochs=args.truth_epochs)
     except (ValueError, FileNotFoundError) as err:
         raise UsageError(f"--truth: {err}") from None
     try:
-        table = rank_runs(args.runs, args.truth, top_k=tuple(args.top_k or (5, 10)))
+        table = rank_runs(args.runs, truth, top_k=tuple(args.top_k or (5, 10)))
     except FileNotFoundError as err:  # a RUN_DIR without candidates.parquet
         raise UsageError(str(err)) from None
     if args.format == "json":
@@ -418,6 +483,8 @@ def _cmd_truth(args) -> int:
     from raynas import settings
     from raynas.data import check_options
 
+    if args.from_benchmark is not None:
+        return _truth_from_benchmark(args)
     if args.resume and any(v is not None for v in (args.output, args.data_dir, args.name, args.data_option)):
         raise UsageError("--resume continues a build with its own settings; drop --output/--data-dir/--name/--data-option")
     if args.resume is None:
@@ -459,6 +526,27 @@ def _cmd_truth(args) -> int:
     return 0
 
 
+def _truth_from_benchmark(args) -> int:
+    from raynas.nasbench import check_output, import_benchmark
+
+    if args.output is None:
+        raise UsageError("--output is required: the .parquet file the truth goes to")
+    if args.resume is not None:
+        raise UsageError("--from-benchmark imports a file at once; drop --resume")
+    check_output(args.output)
+    if not args.quiet:
+        print(f"raynas truth: importing {args.from_benchmark} (a full NAS-Bench-201 .pth takes minutes)", file=sys.stderr,
+              flush=True)
+    output, meta = import_benchmark(args.from_benchmark, args.output)
+    if not args.quiet:
+        held = ", ".join(f"{h['dataset']}/{h['epochs']}ep ({h['archs']:,} archs)" for h in meta["held"])
+        print(f"raynas truth: {meta['rows']:,} rows, {meta['archs']:,} archs of {meta['source']['format']} "
+              f"{meta['source']['version']}: {held}; {meta['cost']['wall_s']:.0f} s, peak RSS "
+              f"{meta['cost']['peak_rss_mb'] / 1024:.1f} GiB", file=sys.stderr, flush=True)
+    print(output)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -484,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raynas {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        how = {"truth": "`raynas truth --resume EXPERIMENT_DIR` continues the build"}.get(
+        how = {"truth": "`raynas truth --resume EXPERIMENT_DIR` continues the build",
+               "study": "`raynas study --resume STUDY_DIR` continues the study"}.get(
             args.command, "`raynas search --resume RUN_DIR` continues a search")
         print(f"raynas {args.command}: interrupted; {how}", file=sys.stderr)
         return 130

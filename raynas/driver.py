@@ -99,6 +99,7 @@ def search(
     preset: str = "small",
     seed: int = 0,
     overrides: dict | None = None,
+    benchmark: dict | None = None,
     storage: "str | os.PathLike | Location" = "runs",
     name: str | None = None,
     address: str | None = None,
@@ -111,6 +112,11 @@ def search(
     settings raise :class:`~raynas.errors.UsageError` before Ray starts, leaving nothing behind."""
     config = make_config(method, space=space, dataset=dataset, data_dir=data_dir, data_options=data_options,
                          preset=preset, seed=seed, overrides=overrides)
+    if benchmark:
+        from raynas.nasbench import check_source, lookup_datasets
+
+        lookup_datasets(benchmark["dataset"])
+        check_source(benchmark["path"])
     if address is not None:
         address = _reachable(address)
     if address is None:
@@ -127,6 +133,8 @@ def search(
     if _exists(run_dir, "--storage"):
         raise UsageError(f"run directory {run_dir} already exists; pass --resume {run_dir} to continue it or choose another --name")
     config["run_id"] = name
+    # {"path", "dataset", "epochs"}: the tables get the benchmark's accuracy of every arch (raynas.nasbench.lookup)
+    config["benchmark"] = dict(benchmark) if benchmark else None
     run_dir.mkdir()
     try:
         write_json(run_dir / "raynas.json", config)
@@ -186,6 +194,9 @@ def resume(run_dir: "str | os.PathLike | Location", *, resources: dict | None = 
     if address is not None:
         address = _reachable(address)
     config = read_json(run_dir / "raynas.json")
+    # a run made before the setting existed trained with unsampled ops frozen: it resumes so
+    if config["supernet"]:
+        config["supernet"].setdefault("offpath", "frozen")
     if resources:
         config["resources"] = {**config["resources"], **resume_overrides({"resources": resources}).get("resources", {})}
         write_json(run_dir / "raynas.json", config)
@@ -249,13 +260,13 @@ class SearchExperiment:
         run["run_dir"] = str(run_dir)
         if uses_supernet:
             # the handles are held for the session: Ray ends a (non-detached) actor once no handle is left
-            self.actors = SupernetActors(config, run_dir, plan, self.space, resume=resume)
+            self.actors = SupernetActors(actor_config(config), run_dir, plan, self.space, resume=resume)
             self.info = self.actors.start()
         else:
             from raynas.data import load_dataset
 
             splits = load_dataset(config["dataset"], config["data_dir"], **config["data_options"])
-            self.info = {"device": "cpu", "dataset_fingerprint": splits.fingerprint(), "bn_mode": None,
+            self.info = {"device": "cpu", "dataset_fingerprint": splits.fingerprint(), "bn_mode": None, "offpath": None,
                          "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
                          "input_size": splits.info.input_size}
         self.watch = ResourceWatch(plan, self.actors)
@@ -271,9 +282,13 @@ class SearchExperiment:
         kwargs = dict(config["searcher"], space=config["space"], seed=config["seed"], max_concurrent=self.max_concurrent)
         if "total_steps" in info:
             kwargs["total_steps"] = info["total_steps"]
-        if info.get("few_shot"):
-            kwargs["few_shot_steps"] = info["few_shot"]["steps"]
-        return self.searcher_class()(**kwargs), kwargs
+        searcher = self.searcher_class()(**kwargs)
+        # the searcher and the actors size the sub-supernets with the same rule
+        # (raynas.searchers.base.sub_supernet_steps): they must agree
+        if info.get("few_shot") and getattr(searcher, "few_shot_steps", None) != info["few_shot"]["steps"]:
+            raise SearchFailed(f"the searcher trains each sub-supernet {searcher.few_shot_steps} steps but the actors "
+                               f"were built for {info['few_shot']['steps']}")
+        return searcher, kwargs
 
     def callbacks(self, run_dir: Location, *, resume: bool) -> list:
         from raynas.progress import Progress
@@ -297,6 +312,30 @@ class SearchExperiment:
                                        status=status, rows=rows)
         if status == "complete":
             _check_tables(rows, self.summary, outcome)
+
+
+def actor_config(config: dict) -> dict:
+    """The configuration as the supernet actors see it: the supernet section's data roles
+    (``train_split``, ``score_split``: :data:`raynas.settings.DATA_ROLE_KEYS`) go to the data layer
+    (``load_dataset(..., train_split=, score_split=)``, through the actors' data options), the rest
+    of it to the worker. The defaults add nothing: a run's actors are those of a raynas before roles."""
+    from raynas.settings import DATA_ROLE_KEYS
+
+    supernet = dict(config["supernet"])
+    roles = {k: supernet.pop(k) for k in DATA_ROLE_KEYS if k in supernet}
+    roles = {k: v for k, v in roles.items() if v != {"train_split": "train", "score_split": "valid"}[k]}
+    return {**config, "supernet": supernet, "data_options": {**config["data_options"], **roles}}
+
+
+def data_roles(config: dict) -> dict:
+    """What the run trained and scored on (manifest ``data_roles``): the supernets' train split,
+    the split candidates were scored on, the split the final picks trained on and their seeds."""
+    supernet = config.get("supernet") or {}
+    recipe = (config.get("searcher") or {}).get("standalone") or {}
+    seeds = recipe.get("seeds") or [recipe.get("seed", 777)]
+    return {"supernet_train": supernet.get("train_split", "train") if supernet else None,
+            "score": supernet.get("score_split", "valid") if supernet else None,
+            "finals_train": recipe.get("train_split", "train"), "final_seeds": [int(x) for x in seeds]}
 
 
 def _check_tables(rows, summary, outcome: dict) -> None:
@@ -324,13 +363,17 @@ def _manifest(config: dict, info: dict) -> dict:
         "device": info.get("device"),
         "device_name": info.get("device_name"),
         "bn_mode": info.get("bn_mode"),
+        "offpath": info.get("offpath"),
         "dataset": {"name": config["dataset"], "data_dir": config["data_dir"], "options": config["data_options"],
                     "fingerprint": info.get("dataset_fingerprint")},
         "num_classes": info.get("num_classes"),
         "in_channels": info.get("in_channels"),
         "input_size": info.get("input_size"),
         "supernet": {k: info.get(k) for k in ("total_steps", "steps_per_epoch", "parameters", "restored_from")},
-        "few_shot": info.get("few_shot"),
+        "few_shot": info.get("few_shot") and {
+            **info["few_shot"], "variant": config["searcher"].get("few_shot_variant", "continue"),
+            "sub_supernet_budget": config["searcher"].get("sub_supernet_budget", "equal")},
+        "data_roles": data_roles(config),
         "config": config,
         "host": platform.node(),
     }

@@ -46,6 +46,12 @@ NOMINAL_TOTAL_STEPS = 10**6
 #: SPREAD: sub-supernet actors over the nodes (Ray's SPREAD scheduling); PACK: Ray's default (fill a node first)
 PLACEMENT_STRATEGIES = ("SPREAD", "PACK")
 BN_MODES = ("batch", "running")  # raynas.worker.BN_MODES (the worker imports torch)
+OFFPATH_MODES = ("decay", "frozen")  # raynas.worker.OFFPATH_MODES
+#: data roles (raynas.data.TRAIN_SPLITS / SCORE_SPLITS): what weights train on, what candidates are scored on
+TRAIN_SPLITS = ("train", "train+valid")
+SCORE_SPLITS = ("valid", "test")
+#: the supernet settings that are data roles: the driver hands them to the data layer, not the worker
+DATA_ROLE_KEYS = ("train_split", "score_split")
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
@@ -178,6 +184,9 @@ class SupernetSettings(_Section):
     C: int = setting(16, _int(1), "channels of the first stage")
     N: int = setting(5, _int(1), "cells per stage")
     bn_mode: str = setting("batch", _choice(*BN_MODES), "BN of the cell ops: batch statistics or running ones")
+    offpath: str = setting("decay", _choice(*OFFPATH_MODES),
+                           "the weights off a step's path: weight decay and momentum move them every step (decay, "
+                           "the official code's PyTorch 1.x zero_grad) or they stay untouched (frozen)")
     batch_size: int = setting(64, _int(1), "training mini-batch")
     valid_batch_size: int = setting(512, _int(1), "scoring mini-batch")
     lr: float = setting(0.025, _number(above=0), "SGD learning rate at the start of the cosine")
@@ -192,8 +201,18 @@ class SupernetSettings(_Section):
     lr_restarts: int = setting(1, _int(1), "equal cosine cycles over the schedule (warm restarts)")
     snapshot_every: int | None = setting(None, _optional(_int(1), "at the end of each train unit only"),
                                          "snapshot the weights every this many steps")
+    train_split: str = setting("train", _choice(*TRAIN_SPLITS),
+                               "what the weights train on: the train split, or train and valid joined (the whole "
+                               "train set, as the few-shot NAS code)")
+    score_split: str = setting("valid", _choice(*SCORE_SPLITS),
+                               "what candidates are scored on (and SETN's alpha learns on): valid, or test (the "
+                               "few-shot paper's Kendall-tau protocol)")
 
     def _check(self) -> None:
+        if self.train_split == "train+valid" and self.score_split == "valid":
+            raise UsageError("supernet.train_split='train+valid' with supernet.score_split='valid' scores candidates "
+                             "on images the supernet trained on; expected supernet.score_split='test' "
+                             "(or supernet.train_split='train')")
         if (self.epochs is None) == (self.total_steps is None):
             raise UsageError(f"supernet.epochs={self.epochs!r}, supernet.total_steps={self.total_steps!r}: "
                              "expected exactly one of them (the schedule's length)")
@@ -460,6 +479,38 @@ def _check_traits(method: str, traits: Any, searcher: dict) -> None:
                          f"methods: {', '.join(m for m in method_names() if getattr(_traits(m), 'supports_few_shot', False))}")
 
 
+#: the standalone recipe's keys that are not training settings: which seeds, on which data
+FINAL_KEYS = ("seeds", "train_split")
+
+
+def check_standalone(recipe: dict | None, *, where: str = "searcher.standalone") -> None:
+    """The final trainings' own keys of a standalone recipe (:data:`FINAL_KEYS`): ``seeds`` a
+    non-empty list of distinct ints >= 0, ``train_split`` one of :data:`TRAIN_SPLITS`; one line."""
+    recipe = recipe or {}
+    seeds = recipe.get("seeds")
+    if seeds is not None and (not isinstance(seeds, (list, tuple)) or not seeds or len(set(seeds)) != len(seeds)
+                              or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in seeds)):
+        raise UsageError(f"{where}.seeds={short_repr(seeds)}: expected a non-empty list of distinct ints >= 0 "
+                         "(the seeds each final pick trains with; --final-seeds N)")
+    if "seed" in recipe and seeds is not None:
+        raise UsageError(f"{where}: seed={short_repr(recipe['seed'])} and seeds={short_repr(seeds)}; give one of them")
+    split = recipe.get("train_split", "train")
+    if split not in TRAIN_SPLITS:
+        raise UsageError(f"{where}.train_split={short_repr(split)}: expected one of "
+                         f"{', '.join(map(repr, TRAIN_SPLITS))} (--final-train half|full)")
+
+
+def _check_data_roles(method: str, traits: Any, supernet: dict) -> None:
+    """A method whose training learns on the score split (SETN's alpha) may neither score on test
+    nor train its weights on train+valid: either would fit it to held-out images."""
+    if getattr(traits, "learns_on_score_split", False) and supernet and (
+            supernet.get("score_split") == "test" or supernet.get("train_split") == "train+valid"):
+        raise UsageError(f"supernet.train_split={supernet.get('train_split')!r}, supernet.score_split="
+                         f"{supernet.get('score_split')!r}: {method} learns on the score split (its arch step), so it "
+                         "would learn on the test set or on images its weights trained on; expected the defaults "
+                         "'train' and 'valid'")
+
+
 def make_config(method: str, *, space: str = "nb201", dataset: str = "digits", data_dir: str | None = None,
                 data_options: dict | None = None, preset: str = "small", seed: int = 0,
                 overrides: dict | None = None) -> dict:
@@ -524,6 +575,8 @@ def make_config(method: str, *, space: str = "nb201", dataset: str = "digits", d
         raise UsageError(f"preset {preset!r} scores given archs; add --candidates FILE "
                          "(e.g. truth/fashion-mnist16.parquet) or --set searcher.num_candidates=N")
     check_fast_searcher(method, searcher)  # the preset's values too (cheap)
+    check_standalone(searcher.get("standalone"))
+    _check_data_roles(method, traits, supernet_settings)
     few_shot = searcher.get("few_shot")
     if few_shot is not None:
         try:

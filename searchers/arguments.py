@@ -22,12 +22,13 @@ constructor (names and defaults) and the presets (:mod:`raynas.searchers.presets
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from raynas.errors import UsageError
-from raynas.settings import (DRIVER_KEYS, _Bad, _bool, _expecting, _int, _number, _optional, _Section, setting,
-                             short_repr, unknown_key)
+from raynas.settings import (DRIVER_KEYS, _Bad, _bool, _choice, _expecting, _int, _number, _optional, _Section,
+                             setting, short_repr, unknown_key)
 
 
 # --- value checks the searchers need beyond raynas.settings' --------------------------------------
@@ -88,7 +89,20 @@ def _pair(inner: Callable[[Any], Any]) -> Callable[[Any], tuple]:
 
 def _standalone():
     return setting(None, _optional(_dict, "the benchmark's recipe"),
-                   "recipe of the standalone trainings (C, N, epochs, batch_size, lr...), over the benchmark's")
+                   "recipe of the standalone trainings (C, N, epochs, batch_size, lr...), over the benchmark's; "
+                   "seeds: [777, ...] (each final pick once per seed, --final-seeds), train_split: 'train' or "
+                   "'train+valid' (--final-train full)")
+
+
+def _budget(value):
+    if value == "equal":
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not value > 0:
+        raise _Bad("'equal' or a fraction > 0")
+    return float(value)
+
+
+_expecting(_budget, "'equal' or a fraction > 0")
 
 
 def _score_batches(default: int | None):
@@ -110,6 +124,9 @@ class WorkUnitArguments(_Section):
     takes_candidates = False
     #: the searcher has a few-shot variant (``few_shot=EDGES``, ``raynas search --few-shot``)
     supports_few_shot = False
+    #: the method learns on the score split while training (SETN's alpha step): it may not score on
+    #: test nor train its weights on train+valid (raynas.settings refuses both)
+    learns_on_score_split = False
     #: constructor arguments a user may not set for this method: name -> why (one line)
     refused = {}
 
@@ -154,8 +171,15 @@ class OneShotArguments(SupernetArguments):
     top_k: int = setting(1, _int(0), "best scored candidates trained standalone (0: score only, a ranking run)")
     few_shot: list | str | None = setting(None, _optional(_edges, "one-shot"),
                                           "few-shot NAS: split the supernet on these edges, one sub-supernet per region")
-    few_shot_steps: int | None = setting(None, _optional(_int(1), "total_steps / regions"),
+    few_shot_steps: int | None = setting(None, _optional(_int(1), "from sub_supernet_budget"),
                                          "training steps of each few-shot sub-supernet")
+    sub_supernet_budget: float | str = setting("equal", _budget,
+                                               "each sub-supernet's steps: 'equal' (total_steps / regions: few-shot "
+                                               "costs what one-shot costs) or this fraction of total_steps each "
+                                               "(the official few-shot code: 0.5)")
+    few_shot_variant: str = setting("continue", _choice("continue", "independent"),
+                                    "sub-supernets start from the trained one-shot supernet ('continue'), or each "
+                                    "is its own search from scratch ('independent': the official few-shot SETN)")
 
 
 @dataclass(frozen=True)
@@ -177,6 +201,7 @@ class SETNArguments(OneShotArguments):
     """SETN (``SETNSearcher``): uniform weight steps and Adam steps on alpha; template top-K scored."""
 
     method = "setn"
+    learns_on_score_split = True
     refused = {"policy": "SETN trains with its own policy 'setn': leave it out"}
     arch_lr: float = setting(3e-4, _number(above=0), "Adam learning rate of alpha")
     arch_betas: tuple = setting((0.5, 0.999), _pair(_number(at_least=0, below=1)), "Adam betas of alpha")
@@ -236,6 +261,10 @@ class RandomArguments(WorkUnitArguments):
     standalone: dict | None = _standalone()
 
 
+#: TE-NAS's proxy-network inits (raynas.proxies.INITS, which imports torch)
+TENAS_INITS = ("default", "kaiming")
+
+
 @dataclass(frozen=True)
 class TENASArguments(WorkUnitArguments):
     """TE-NAS (``TENASSearcher``): training-free pruning by NTK and linear-region proxies, no supernet."""
@@ -249,6 +278,9 @@ class TENASArguments(WorkUnitArguments):
     ntk_C: int = setting(3, _int(1), "channels of the NTK network")
     ntk_N: int = setting(1, _int(1), "cells per stage of the NTK network")
     precision: int = setting(3, _int(1), "significant figures the proxies are ranked on")
+    init: str = setting("default", _choice(*TENAS_INITS),
+                        "init of the proxies' networks: PyTorch's module defaults (what the official code ran, "
+                        "behind the paper's 93.9) or the paper's Kaiming normal")
     masks_per_unit: int | None = setting(None, _optional(_int(1), "spread each round over max_concurrent units"),
                                          "pruned supernets per proxy unit")
     standalone: dict | None = _standalone()
