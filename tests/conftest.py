@@ -29,6 +29,35 @@ TINY = {
 
 
 @pytest.fixture(scope="session")
+def tiny_rsps_run(ray_session, tmp_path_factory):
+    """One finished :data:`TINY` rsps search (digits, seed 0), alone in its storage folder: the run
+    that test_search_e2e.py and test_ranking.py read (made once for the session; nothing may write
+    beside it or into it)."""
+    from raynas.driver import search
+
+    return search("rsps", dataset="digits", overrides=TINY, storage=tmp_path_factory.mktemp("tiny"), name="rsps",
+                  seed=0, verbose=0)
+
+
+#: a tiny few-shot rsps (edge 1<-0: 5 sub-supernets of 8 steps each), default resources
+FEW = {
+    "supernet": {"epochs": 2, "valid_batch_size": 64, "C": 4, "N": 1},
+    "searcher": {"chunk_steps": 16, "num_candidates": 10, "cohort_size": 5, "top_k": 1, "few_shot": "1<-0",
+                 "few_shot_steps": 8, "standalone": {"C": 4, "N": 1, "epochs": 1, "batch_size": 128}},
+}
+
+
+@pytest.fixture(scope="session")
+def few_shot_run(ray_session, tmp_path_factory):
+    """One uninterrupted :data:`FEW` search (seed 0) on the session's Ray: the reference that the
+    runs of test_resources.py and test_storage_e2e.py (capped, stuck and resumed, killed and resumed
+    from S3) must equal, made once for the session rather than once per module."""
+    from raynas.driver import search
+
+    return search("rsps", overrides=FEW, storage=tmp_path_factory.mktemp("few"), name="few", verbose=0)
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-protocol server (moto's) on localhost for the session, and the environment that
     points pyarrow's S3 filesystem (and every process started with it) at it. Yields that

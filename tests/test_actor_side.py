@@ -278,28 +278,35 @@ def test_settings_compare_what_defines_the_supernet():
 
 
 RAY_FREE = """
-import sys
+import os, sys
 sys.modules["ray"] = None  # any import of ray now fails
 from raynas.worker import SupernetWorker
-worker = SupernetWorker(dataset="digits", C=4, N=1, total_steps=10, valid_batch_size=64, snapshot_dir=sys.argv[1])
-row = worker.train({policy!r}, until=3, start=0)
-assert row["version"] == 3, row
-assert worker.score([0], batches=1, start=0)[0]["version"] == 3
+policies = {policies!r}
+for i, policy in enumerate(policies):
+    where = sys.argv[1] if len(policies) == 1 else os.path.join(sys.argv[1], str(i))
+    worker = SupernetWorker(dataset="digits", C=4, N=1, total_steps=10, valid_batch_size=64, snapshot_dir=where)
+    row = worker.train(policy, until=3, start=0)
+    assert row["version"] == 3, (policy, row)
+    assert worker.score([0], batches=1, start=0)[0]["version"] == 3, policy
+    print("ray-free ok", policy, flush=True)
 assert sys.modules["ray"] is None
 assert not [m for m in sys.modules if m.startswith("ray.")]
-print("ray-free ok")
 """
+POLICIES = ["uniform", SETN, {"name": "evnas", "archs": [ARCH]}]
 
 
-def _run_without_ray(tmp_path, policy):
-    script = textwrap.dedent(RAY_FREE.format(policy=policy))
-    return subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+def _run_without_ray(where, policies):
+    """``policies`` each trained and scored by a worker in one process without Ray (snapshots in
+    ``where``, or in its subfolders 0, 1, ... for several)."""
+    script = textwrap.dedent(RAY_FREE.format(policies=list(policies)))
+    return subprocess.run([sys.executable, "-c", script, str(where)], capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("policy", ["uniform", SETN, {"name": "evnas", "archs": [ARCH]}])
-def test_the_worker_runs_without_ray(tmp_path, policy):
-    done = _run_without_ray(tmp_path, policy)
-    assert done.returncode == 0 and "ray-free ok" in done.stdout, done.stderr[-3000:]
+def test_the_worker_runs_without_ray(tmp_path):
+    # one process for every policy (a fresh interpreter each would only repeat the imports)
+    done = _run_without_ray(tmp_path, POLICIES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [f"ray-free ok {policy}" for policy in POLICIES], done.stdout
 
 
 def test_a_named_actor_is_reused_only_with_the_same_settings(ray_session, tmp_path):
@@ -407,7 +414,7 @@ def test_the_worker_runs_without_ray_on_a_bucket(s3_server):
     from raynas.worker import SupernetWorker
 
     uri = _bucket_dir()
-    done = _run_without_ray(uri, "uniform")  # another process: credentials from its environment
+    done = _run_without_ray(uri, ["uniform"])  # another process: credentials from its environment
     assert done.returncode == 0 and "ray-free ok" in done.stdout, done.stderr[-3000:]
     here = SupernetWorker(dataset="digits", C=4, N=1, total_steps=10, valid_batch_size=64, snapshot_dir=uri)
     assert here.version == 3 and here.restored_from == f"{uri}/snapshot.pt"

@@ -14,7 +14,6 @@ from raynas.cli import main
 from raynas.ranking import read_archs, read_truth, rank_runs, rank_stats, truth_archs, truth_reliability, truth_values
 from raynas.spaces import get_space
 from raynas.truth import TABLE_COLUMNS, TruthSearcher, build_truth, stratified_sample
-from tests.conftest import TINY
 
 #: archs no tiny search of seed 0 draws (another stream)
 ARCHS = [str(a) for a in get_space("nb201").sample(np.random.default_rng(12345), 40)]
@@ -223,11 +222,9 @@ def test_a_resumed_truth_build_rebuilds_the_same_table(tiny_truth, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def rsps_run(ray_session, tmp_path_factory):
-    from raynas.driver import search
-
-    return search("rsps", dataset="digits", overrides=TINY, storage=tmp_path_factory.mktemp("runs"), name="rsps",
-                  verbose=0)
+def rsps_run(tiny_rsps_run):
+    """The session's TINY rsps run (tests/conftest.py), alone in its folder (test_search_e2e.py reads it too)."""
+    return tiny_rsps_run
 
 
 def test_rank_a_run_against_a_truth_of_its_archs(rsps_run, tmp_path, capsys):

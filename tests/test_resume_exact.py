@@ -26,6 +26,7 @@ from raynas.errors import UsageError
 from raynas.results import compare_table, load_summaries
 from raynas.status import run_status
 from raynas.rowlog import read_records, read_rows
+from tests.multinode import _session_pids
 
 RAYNAS = [sys.executable, "-m", "raynas.cli"]
 ENV = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
@@ -104,8 +105,21 @@ def _drive(args: list[str], run_dir: Path, kill_when, sig=signal.SIGKILL, timeou
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
         pytest.fail(f"the driver did not stop within 120 s of {sig!r}")
-    time.sleep(1)  # the embedded Ray shares the driver's fate
+    _wait_session_gone(driver.pid)  # the embedded Ray shares the driver's fate
     return driver
+
+
+def _wait_session_gone(sid: int, timeout: float = 30) -> None:
+    """Until every process of the driver's session (its embedded Ray) is gone: they follow the
+    driver within a moment; what is still there after ``timeout`` is killed."""
+    deadline = time.monotonic() + timeout
+    while _session_pids(sid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in _session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _files(run_dir: Path) -> dict:

@@ -2,8 +2,7 @@
 
 import json
 import os
-import subprocess
-import sys
+import shutil
 import time
 
 import numpy as np
@@ -16,13 +15,12 @@ from raynas.driver import search
 from raynas.results import CANDIDATE_COLUMNS, SUMMARY_COLUMNS
 from tests.conftest import TINY
 
-RAYNAS = [sys.executable, "-m", "raynas.cli"]
-
 
 @pytest.fixture(scope="module")
-def rsps_run(ray_session, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("runs")
-    return search("rsps", dataset="digits", overrides=TINY, storage=storage, name="rsps", seed=0, verbose=0)
+def rsps_run(tiny_rsps_run):
+    """The session's TINY rsps run (tests/conftest.py; test_ranking.py reads it too): runs made
+    here go to folders of their own."""
+    return tiny_rsps_run
 
 
 def test_rsps_search_writes_the_tables(rsps_run):
@@ -60,21 +58,22 @@ def test_status_of_a_complete_run(rsps_run, capsys):
     assert status["status"] == "complete" and status["sessions"] == 1 and status["live_units"] == []
 
 
-def test_random_search_and_compare_over_both(ray_session, rsps_run, capsys):
+def test_random_search_and_compare_over_both(ray_session, rsps_run, capsys, tmp_path):
     tiny = {"searcher": {"num_samples": 2, "standalone": {"C": 4, "N": 1, "epochs": 1, "batch_size": 128}}}
-    random_run = search("random", overrides=tiny, storage=rsps_run.parent, name="random", verbose=0)
+    shutil.copytree(rsps_run, tmp_path / "rsps")  # a folder of both runs (a copied run is a run)
+    random_run = search("random", overrides=tiny, storage=tmp_path, name="random", verbose=0)
     summary = pd.read_parquet(random_run / "summary.parquet").iloc[0]
     assert summary["candidates"] == 0 and np.isfinite(summary["standalone_test_acc"])
     capsys.readouterr()
     assert main(["compare", str(rsps_run), str(random_run)]) == 0
     text = capsys.readouterr().out
     assert "rsps" in text and "random" in text
-    assert main(["compare", str(rsps_run.parent), "--format", "csv"]) == 0
+    assert main(["compare", str(tmp_path), "--format", "csv"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("method,dataset,runs") and len(table) == 3
     assert main(["compare", str(rsps_run), "--format", "markdown"]) == 0
     assert "\\|" in capsys.readouterr().out  # arch pipes escaped inside the cell
-    out = rsps_run.parent / "table.parquet"
+    out = tmp_path / "table.parquet"
     assert main(["compare", str(rsps_run), "--format", "parquet", "--output", str(out)]) == 0
     assert len(pd.read_parquet(out)) == 1
 
@@ -103,64 +102,35 @@ def test_actor_killed_mid_training_resumes_from_its_snapshot(ray_session, tmp_pa
     ray.kill(actor, no_restart=True)
 
 
-def _run_cli(args, timeout=600, **kw):
-    try:
-        return subprocess.run(RAYNAS + args, capture_output=True, text=True, timeout=timeout, **kw)
-    except subprocess.TimeoutExpired as e:  # say what the command was doing, not only that it hung
-        out = "".join(part.decode(errors="replace") if isinstance(part, bytes) else (part or "")
-                      for part in (e.stdout, e.stderr))
-        pytest.fail(f"raynas {' '.join(args)} still running after {timeout} s; its output ended with:\n{out[-4000:]}")
-
-
 GOOD = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+# bad input of every command, one line and exit 2: tests/test_bad_input.py (in process, and cold processes)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["search", "--method", "darts"], "unknown method 'darts'; expected one of:"),
-        (["search", "--space", "nb101"], "unknown space 'nb101'; expected one of: nb201"),
-        (["search", "--dataset", "mnist"], "unknown dataset 'mnist'; expected one of:"),
-        (["search", "--preset", "huge"], "unknown preset 'huge'"),
-        (["search", "--dataset", "cifar10", "--data-dir", "/nonexistent"], "--data-dir /nonexistent: no such directory"),
-        (["search", "--dataset", "cifar10"], "cifar10"),
-        (["search", "--set", "supernet.epochs"], "expected SECTION.KEY=VALUE"),
-        (["space", "nb201", "--arch", "|bogus~0|"], "NB201 arch string '|bogus~0|'"),
-        (["space", "nb201", "--arch", "99999"], "0..15624"),
-        (["compare", "/nonexistent"], "no summary.parquet"),
-    ],
-)
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
-    result = _run_cli(args + (["--storage", str(tmp_path)] if args[0] == "search" else []), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert list(tmp_path.iterdir()) == []  # nothing written
+def test_resume_of_a_non_run_and_an_existing_run_dir_are_refused(tmp_path, capsys, monkeypatch):
+    import ray
 
-
-def test_resume_of_a_non_run_and_an_existing_run_dir_are_refused(tmp_path):
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("ray.init was called for a refused run directory"))
     (tmp_path / "notarun").mkdir()
-    result = _run_cli(["search", "--resume", str(tmp_path / "notarun")])
-    assert result.returncode == 2 and "not a raynas run directory" in result.stderr
+    assert main(["search", "--resume", str(tmp_path / "notarun")]) == 2
+    assert "not a raynas run directory" in capsys.readouterr().err
     existing = tmp_path / "taken"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
-    result = _run_cli(["search", "--storage", str(tmp_path), "--name", "taken"])
-    assert result.returncode == 2 and "already exists" in result.stderr
+    assert main(["search", "--storage", str(tmp_path), "--name", "taken"]) == 2
+    assert "already exists" in capsys.readouterr().err
     assert [p.name for p in existing.iterdir()] == ["keep.txt"] and (existing / "keep.txt").read_text() == "mine"
 
 
-def test_cli_version_and_space_info():
-    out = _run_cli(["--version"])
-    assert out.returncode == 0 and out.stdout.startswith("raynas ")
-    out = _run_cli(["space", "nb201", "--arch", GOOD])
-    assert out.returncode == 0 and "1,288,506" in out.stdout
-    out = _run_cli(["space", "nb201", "--info"])
-    assert out.returncode == 0 and "15,625" in out.stdout and "6,466" in out.stdout
+def test_cli_version_and_space_info(capsys):
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("raynas ")
+    assert main(["space", "nb201", "--arch", GOOD]) == 0 and "1,288,506" in capsys.readouterr().out
+    assert main(["space", "nb201", "--info"]) == 0
+    out = capsys.readouterr().out
+    assert "15,625" in out and "6,466" in out
 
 
-def test_same_seed_same_search_on_cpu(ray_session, rsps_run):
-    again = search("rsps", dataset="digits", overrides=TINY, storage=rsps_run.parent, name="rsps-again", seed=0, verbose=0)
+def test_same_seed_same_search_on_cpu(ray_session, rsps_run, tmp_path):
+    again = search("rsps", dataset="digits", overrides=TINY, storage=tmp_path, name="rsps-again", seed=0, verbose=0)
     first = pd.read_parquet(rsps_run / "candidates.parquet").sort_values("arch")
     second = pd.read_parquet(again / "candidates.parquet").sort_values("arch")
     assert list(first["arch"]) == list(second["arch"])
@@ -175,7 +145,8 @@ def test_a_diverging_supernet_fails_the_run_and_leaves_no_process_state_changed(
 
     env, levels = dict(os.environ), {n: logging.getLogger(n).level for n in ("ray.tune", "ray")}
     code = main(["search", "--storage", str(tmp_path), "--name", "nan", "-q",
-                 "--set", "supernet.lr=1e30", "--set", "supernet.epochs=3"])
+                 "--set", "supernet.lr=1e30", "--set", "supernet.epochs=3",
+                 "--set", "supernet.C=4", "--set", "supernet.N=1"])
     assert code == 1
     err = capsys.readouterr().err
     assert "failed" in err and "diverged" in err and "lower supernet.lr" in err

@@ -1,8 +1,9 @@
 """A run directory in object storage, end to end: a few-shot search whose ``--storage`` is an
 ``s3://`` bucket on a real S3-protocol server (moto's, on localhost), its driver SIGKILLed while
 the sub-supernets train and the run resumed from the bucket alone, ends with the candidates of
-the same search run uninterrupted on a local disk; the tables are read back from the bucket, and
-nothing of the run is written to a local folder.
+the same search run uninterrupted on a local disk (the session's ``few_shot_run`` of
+tests/conftest.py); the tables are read back from the bucket, and nothing of the run is written
+to a local folder.
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import pytest
 from raynas.results import read_parquet
 from raynas.rowlog import read_records
 from raynas.storage import Location
-from tests.conftest import make_bucket
+from tests.conftest import FEW, make_bucket
 
 RAYNAS = [sys.executable, "-m", "raynas.cli"]
 
+#: the session's reference search (tests/conftest.py FEW, seed 0) as `raynas search` arguments
 SETTINGS = [
-    "--set", "supernet.epochs=3", "--set", "supernet.valid_batch_size=64",
-    "--set", "searcher.chunk_steps=16", "--set", "searcher.num_candidates=6", "--set", "searcher.cohort_size=3",
-    "--set", "searcher.top_k=1", "--set", "searcher.standalone={'C': 4, 'N': 1, 'epochs': 2, 'batch_size': 128}",
-    "--few-shot", "1<-0", "--num-cpus", "4",
+    *(a for section, values in FEW.items() for key, value in values.items() if key != "few_shot"
+      for a in ("--set", f"{section}.{key}={value!r}")),
+    "--few-shot", FEW["searcher"]["few_shot"], "--num-cpus", "4",
 ]
 COLUMNS = ["arch", "supernet", "supernet_version", "valid_acc", "valid_loss", "batches", "samples"]
 
@@ -48,13 +49,10 @@ def _sub_supernet_rows(run_dir: Location) -> int:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """The same search, uninterrupted, on a local disk."""
-    where = tmp_path_factory.mktemp("local")
-    done = subprocess.run(RAYNAS + ["search", "--method", "rsps", "--storage", str(where), "--name", "ref", "-q",
-                                    *SETTINGS], env=_env({}), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return where / "ref"
+def reference(few_shot_run):
+    """The same search, uninterrupted, on a local disk (one for the session: tests/conftest.py)."""
+    assert few_shot_run.status == "complete", few_shot_run.message
+    return few_shot_run.run_dir
 
 
 @pytest.mark.slow
