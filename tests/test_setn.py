@@ -96,7 +96,8 @@ def test_alpha_step_moves_alpha_by_adam_and_leaves_the_supernet_alone():
     assert torch.allclose(delta[big], -3e-4 * g[big].sign(), rtol=1e-3)
     for key, value in worker.supernet.named_parameters():
         assert torch.equal(value, before[key]), key
-    assert all(p.grad is None for p in worker.supernet.parameters())
+    # no gradient reaches the weights (offpath=decay keeps zero ones on them between steps)
+    assert all(p.grad is None or not p.grad.any() for p in worker.supernet.parameters())
     assert policy.alpha.grad is None and not worker.optimizer.state
 
 
