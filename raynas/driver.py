@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raynas import __version__
-from raynas.errors import SearchFailed, UsageError
+from raynas.errors import SearchFailed, UsageError, first_line
 from raynas.results import build_tables, read_json, read_parquet, write_json
 from raynas.rowlog import SEARCHER_STATE
 from raynas.searchers import get_searcher_class
@@ -140,7 +140,7 @@ def search(
         write_json(run_dir / "raynas.json", config)
     except OSError as err:
         run_dir.rmtree()
-        raise UsageError(f"--storage {storage}: cannot write the run directory there ({_first_line(err)}); "
+        raise UsageError(f"--storage {storage}: cannot write the run directory there ({first_line(err)}); "
                          "expected a folder or bucket you can write") from None
     try:
         return _session(config, run_dir, resume=False, address=address, num_cpus=num_cpus, verbose=verbose)
@@ -155,7 +155,7 @@ def storage_location(storage: "str | os.PathLike | Location", flag: str = "--sto
         where = Location(storage)
         where.filesystem  # opens (and caches) the URI's filesystem: an unknown scheme fails here
     except ValueError as err:
-        raise UsageError(f"{flag} {storage}: {_first_line(err)}; expected a local folder or a URI "
+        raise UsageError(f"{flag} {storage}: {first_line(err)}; expected a local folder or a URI "
                          "such as s3://bucket/runs, gs://bucket/runs or file:///path") from None
     return where
 
@@ -164,7 +164,7 @@ def _exists(where: Location, flag: str) -> bool:
     try:
         return where.exists()
     except OSError as err:  # an unreachable bucket, missing credentials
-        raise UsageError(f"{flag} {where}: cannot read it ({_first_line(err)}); expected a folder or bucket "
+        raise UsageError(f"{flag} {where}: cannot read it ({first_line(err)}); expected a folder or bucket "
                          "you can reach (credentials: the AWS_* / GOOGLE_* environment of this machine)") from None
 
 
@@ -174,11 +174,6 @@ def _reachable(address: str) -> str:
     from raynas.connect import check_address
 
     return check_address(address)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def resume(run_dir: "str | os.PathLike | Location", *, resources: dict | None = None, address: str | None = None,

@@ -9,6 +9,12 @@ diverged); the run is left marked ``failed`` and the CLI exits 1.
 from __future__ import annotations
 
 
+def first_line(err: BaseException) -> str:
+    """An error's message as one line (its first), or its type's name if it has none."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class UsageError(ValueError):
     """Bad input from the user: the CLI prints it on one line and exits 2."""
 

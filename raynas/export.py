@@ -30,7 +30,7 @@ import math
 import os
 from typing import Any
 
-from raynas.errors import UsageError
+from raynas.errors import UsageError, first_line
 from raynas.storage import Location
 
 #: the files of an export folder; export.json names them too
@@ -72,7 +72,7 @@ def _new_output(output) -> Location:
     except (ValueError, OSError) as err:
         if isinstance(err, UsageError):
             raise
-        raise UsageError(f"--output {output}: cannot use it ({_first_line(err)}); expected a new folder or URI") from None
+        raise UsageError(f"--output {output}: cannot use it ({first_line(err)}); expected a new folder or URI") from None
     return where
 
 
@@ -95,7 +95,7 @@ def _final_training(run_dir: Location, train_seed: int | None) -> dict:
     except (ValueError, OSError) as err:
         if isinstance(err, UsageError):
             raise
-        raise UsageError(f"{run_dir}: cannot read it ({_first_line(err)}); expected a raynas run directory") from None
+        raise UsageError(f"{run_dir}: cannot read it ({first_line(err)}); expected a raynas run directory") from None
     status = summary.get("status") if isinstance(summary.get("status"), str) else "unknown"  # NaN: an old table
     if status != "complete":
         raise UsageError(f"{run_dir}: the run is {status}, not complete; `raynas search --resume {run_dir}` "
@@ -123,7 +123,7 @@ def _final_training(run_dir: Location, train_seed: int | None) -> dict:
     try:
         checkpoint = load_checkpoint(path)
     except ValueError as err:  # more than tensors and plain values: never unpickled
-        raise UsageError(f"{path}: {_first_line(err)}") from None
+        raise UsageError(f"{path}: {first_line(err)}") from None
     if checkpoint is None or checkpoint.get("key") != row["key"]:
         raise UsageError(f"{run_dir}: no final checkpoint of {arch} ({path} is missing); expected a complete run "
                          "with its checkpoints/ folder")
@@ -148,7 +148,7 @@ def _run_data(source: dict, data_dir: str | None):
         splits = load_dataset(config["dataset"], where, **(config.get("data_options") or {}))
     except (DatasetError, ValueError, OSError) as err:
         raise UsageError(f"the run's data set {config['dataset']} is needed for its normalisation and did not load "
-                         f"({_first_line(err)}); pass --data-dir with its files") from None
+                         f"({first_line(err)}); pass --data-dir with its files") from None
     recorded = (source["manifest"].get("dataset") or {}).get("fingerprint")
     if recorded and splits.fingerprint() != recorded:
         raise UsageError(f"the data set {config['dataset']} here (fingerprint {splits.fingerprint()[:12]}...) is not the "
@@ -174,7 +174,7 @@ def _network(source: dict, info):
         net.load_state_dict(source["weights"])
     except RuntimeError as err:
         raise UsageError(f"{source['checkpoint']}: its weights do not fit the run's network "
-                         f"({_first_line(err)}); expected the run's own checkpoint") from None
+                         f"({first_line(err)}); expected the run's own checkpoint") from None
     return net.eval()
 
 
@@ -300,8 +300,3 @@ def _write(output: Location, contents: dict[str, bytes]) -> list[str]:
             output.rmtree()
         raise
     return [str(path) for path in written]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

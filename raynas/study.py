@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from raynas.errors import UsageError
+from raynas.errors import UsageError, first_line
 from raynas.results import read_json, write_json, write_parquet
 from raynas.storage import Location
 
@@ -167,7 +167,7 @@ def run_study(methods, seeds, *, space: str = "nb201", dataset: str = "digits", 
     ``overrides``: ``{section: {key: value}}`` for every search; ``method_overrides``:
     ``{method: {section: {...}}}`` on top of them for one method's searches. Bad input raises
     :class:`UsageError` before Ray starts, leaving nothing behind."""
-    from raynas.driver import storage_location
+    from raynas.driver import _exists, storage_location
     from raynas.settings import check_name, check_storage
 
     check_storage(storage)  # the cheap checks first
@@ -184,7 +184,7 @@ def run_study(methods, seeds, *, space: str = "nb201", dataset: str = "digits", 
         _check_data(dataset, data_dir, data_options)
     name = name or f"study-{dataset}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     study_dir = (storage_location(storage) / name).resolve()
-    if _exists(study_dir):
+    if _exists(study_dir, "--storage"):
         raise UsageError(f"study directory {study_dir} already exists; pass --resume {study_dir} to continue it "
                          "or choose another --name")
     record = {
@@ -210,11 +210,11 @@ def run_study(methods, seeds, *, space: str = "nb201", dataset: str = "digits", 
 def resume_study(study_dir, *, address: str | None = None, num_cpus: int | None = None,
                  on_event: Callable[[StudyEvent], None] | None = None, summary_every_s: float = 60.0) -> Study:
     """Continue the study in ``study_dir`` with its own grid and settings (see the module docstring)."""
-    from raynas.driver import storage_location
+    from raynas.driver import _exists, storage_location
 
     given = study_dir
     study_dir = storage_location(study_dir, "--resume").resolve()
-    if not _exists(study_dir / STUDY_FILE):
+    if not _exists(study_dir / STUDY_FILE, "--resume"):
         raise UsageError(f"--resume {given}: not a raynas study directory (no {STUDY_FILE}); "
                          "expected a STUDY_DIR that `raynas study` made")
     record = read_json(study_dir / STUDY_FILE)
@@ -600,16 +600,14 @@ def write_comparison(study_dir: Location, record: dict):
 def _plots(study_dir: Location, run_dirs: list[Location]) -> str | None:
     """The runs' plots into ``plots/`` (the last session's replaced), where :mod:`raynas.plots`
     exists; returns why none were drawn (a run whose tables cannot be plotted), else None."""
-    try:
-        from raynas import plots
-    except ImportError:
-        return "no plotting module"
+    from raynas import plots
+
     try:
         drawn = plots.plot_runs(run_dirs)
         (study_dir / PLOTS).rmtree()  # the study's own earlier plots: write_plots never overwrites
         plots.write_plots(drawn, study_dir / PLOTS)
     except (ValueError, OSError) as err:
-        return str(err).splitlines()[0] if str(err) else type(err).__name__
+        return first_line(err)
     return None
 
 
@@ -631,13 +629,6 @@ def _alive(pid, host) -> bool:
         return b"raynas" in Path(f"/proc/{int(pid)}/cmdline").read_bytes()
     except OSError:
         return True  # no /proc: the pid alone
-
-
-def _exists(where: Location) -> bool:
-    try:
-        return where.exists()
-    except OSError as err:
-        raise UsageError(f"--storage {where}: cannot read it ({err}); expected a folder or bucket you can reach") from None
 
 
 def _now() -> str:
