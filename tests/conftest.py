@@ -88,3 +88,14 @@ def make_bucket(name: str) -> str:
 
     boto3.client("s3").create_bucket(Bucket=name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test: tiny steps' threads only contend on a shared 2-core machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -52,13 +52,7 @@ def test_frozen_leaves_the_off_path_weights_exactly_where_they_were():
     assert conv(decayed, 0, 2).detach().norm() < before["off"].norm()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny steps: threads only contend on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny steps
 
 
 def test_a_resumed_worker_steps_exactly_as_one_that_ran_on(tmp_path, offpath="decay"):

@@ -29,13 +29,7 @@ from raynas.spaces.nb201 import EDGE_NAMES, OP_NAMES
 FULL_MASK = [[0, 1, 1, 1, 1] for _ in range(6)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # hundreds of tiny backward passes: threads only contend on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # hundreds of tiny backward passes
 
 
 # --- NTK condition number ------------------------------------------------------------------
