@@ -3,7 +3,9 @@
 - :func:`ntk_condition_number`: the condition number ``lambda_max / lambda_min`` of the empirical
   neural tangent kernel ``G G^T`` of a randomly initialised network on one batch, where row ``i``
   of ``G`` is the gradient of ``sum_c logit[i, c]`` with respect to every parameter whose name
-  contains ``"weight"`` (the official ``get_ntk_n``). Lower trains better.
+  contains ``"weight"`` (the official ``get_ntk_n``). Lower trains better. The official code
+  takes one backward per image; here one forward is followed by every image's backward at once
+  (``torch.func``), with that loop kept as a fallback (:data:`NTK_METHODS`).
 - :func:`linear_region_count`: the number of distinct ReLU sign patterns a network produces on a
   set of inputs (the official ``LinearRegionCount``): a lower bound on the number of linear
   regions the inputs fall in. Higher is more expressive.
@@ -44,6 +46,7 @@ __all__ = [
     "init_network_",
     "build_ntk_network",
     "ThinNetwork",
+    "NTK_METHODS",
     "ntk_gram",
     "condition_number",
     "ntk_condition_number",
@@ -55,6 +58,13 @@ __all__ = [
 
 #: the value the official code gives a NaN condition number (np.nan_to_num(..., nan=1e5))
 NAN_CONDITION = 1e5
+#: how :func:`ntk_gram` computes the rows of ``G``: "batched" (one forward, then all rows in one
+#: vmapped backward with ``torch.func``, falling back to the loop where torch.func cannot run the
+#: network) or "loop" (one ``torch.autograd.grad`` per image, as the official code). Same gram.
+NTK_METHODS = ("batched", "loop")
+#: the batched NTK's memory bound, in float32 elements (512 MiB): the rows' backward passes run
+#: in chunks of at most this many elements of gradient row plus activation cotangents
+NTK_CHUNK_ELEMENTS = 1 << 27
 #: how the proxies' networks are initialised: PyTorch's module defaults (what the official code
 #: ran: its init names match nothing) or the paper's Kaiming normal
 INITS = ("default", "kaiming")
@@ -173,30 +183,102 @@ def _forward(network: nn.Module, x: torch.Tensor, weights: torch.Tensor | None) 
 # --------------------------------------------------------------------------------------------
 # NTK condition number
 # --------------------------------------------------------------------------------------------
-def ntk_gram(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+def ntk_gram(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None = None, *,
+             method: str = "batched") -> torch.Tensor:
     """The empirical NTK ``G G^T`` (n x n, float64) of ``network`` on ``images`` (n, C, H, W).
 
     Row ``i`` of ``G`` concatenates the gradients of ``logits[i].sum()`` with respect to every
     parameter named ``*weight*`` that the forward used (ops with mixture weight 0 do not run and
-    contribute nothing), as the official ``get_ntk_n`` does with one backward per image through
-    the whole batch's graph (BN couples the images). The network's mode is left as it is: TE-NAS
-    scores in train mode."""
+    contribute nothing), through the whole batch's graph (BN couples the images), as the official
+    ``get_ntk_n``. Either way (``method``, :data:`NTK_METHODS`) the network runs one forward on the
+    whole batch, so its BN running statistics move once, as the official code's. The network's
+    mode is left as it is: TE-NAS scores in train mode."""
+    if method not in NTK_METHODS:
+        raise ValueError(f"method={method!r}; expected one of {NTK_METHODS}")
     named = [(n, p) for n, p in network.named_parameters() if "weight" in n and p.requires_grad]
     if not named:
         raise ValueError(f"{type(network).__name__} has no trainable parameter named '*weight*'; "
                          "expected a network with weights to build an NTK from")
-    params = [p for _, p in named]
-    logits = _forward(network, images, weights)
+    rows = None
+    if method == "batched":
+        try:
+            rows = _ntk_rows_batched(network, images, weights, [n for n, _ in named])
+        except (RuntimeError, NotImplementedError):
+            # torch.func says it cannot transform a network (an in-place update of a tensor the
+            # forward captured, an autograd.Function without functorch support, an op it cannot
+            # batch) only with these plain types; running out of memory is one too, and the loop
+            # needs less. The batched path writes the buffers back only once it has succeeded, so
+            # the loop's one forward starts from the same state; an error of the network's own
+            # comes back from that forward.
+            pass
+    if rows is None:
+        rows = _ntk_rows_loop(network, images, weights, [p for _, p in named])
+    g = rows.double()
+    return g @ g.T
+
+
+def _logits_sum(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() != 2:
         raise ValueError(f"network output of shape {tuple(logits.shape)}; expected (batch, classes) logits")
-    per_image = logits.sum(1)
+    return logits.sum(1)
+
+
+def _ntk_rows_loop(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None,
+                   params: list[torch.Tensor]) -> torch.Tensor:
+    """``G`` the official way: one forward, then one backward per image through its graph; only
+    the parameters the forward used (``allow_unused``: the others' gradient is None) make columns."""
+    per_image = _logits_sum(_forward(network, images, weights))
     n = per_image.shape[0]
     rows = []
     for i in range(n):
         grads = torch.autograd.grad(per_image[i], params, retain_graph=i < n - 1, allow_unused=True)
         rows.append(torch.cat([g.reshape(-1) for g in grads if g is not None]))
-    g = torch.stack(rows).double()
-    return g @ g.T
+    return torch.stack(rows)
+
+
+def _ntk_rows_batched(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None,
+                      names: list[str]) -> torch.Tensor:
+    """``G`` from one forward under ``torch.func.vjp`` and the vjp of every basis vector of the
+    per-image sums at once (``vmap``, in chunks bounded by :data:`NTK_CHUNK_ELEMENTS`). Parameters
+    the forward did not use get zero columns, which add nothing to ``G G^T``. Raises what
+    torch.func raises on a network it cannot transform, leaving the network as it was."""
+    wanted = set(names)
+    params = {n: p.detach() for n, p in network.named_parameters() if n in wanted}
+    fixed = {n: p.detach() for n, p in network.named_parameters() if n not in wanted}
+    buffers = dict(network.named_buffers())
+    args = (images,) if weights is None else (images, weights.to(images.device))
+
+    def per_image_sums(differentiated):
+        # torch.func refuses in-place updates of tensors captured from outside the function (BN's
+        # running statistics): the forward updates clones made inside it, copied back on success
+        state = {n: b.clone() for n, b in buffers.items()}
+        logits = torch.func.functional_call(network, (differentiated, fixed, state), args)
+        return _logits_sum(logits), state
+
+    activation_sizes: list[int] = []
+
+    def count(module, inputs, output):
+        if isinstance(output, torch.Tensor):
+            activation_sizes.append(output.numel())
+
+    leaves = [m for m in network.modules() if next(m.children(), None) is None]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        per_image, vjp_fn, state = torch.func.vjp(per_image_sums, params, has_aux=True)
+    finally:
+        for h in handles:
+            h.remove()
+    n = per_image.shape[0]
+    # one basis vector's backward holds its gradient row and about every activation's cotangent
+    per_row = sum(p.numel() for p in params.values()) + sum(activation_sizes)
+    chunk = max(1, min(n, NTK_CHUNK_ELEMENTS // max(per_row, 1)))
+    basis = torch.eye(n, dtype=per_image.dtype, device=per_image.device)
+    (grads,) = torch.vmap(vjp_fn, chunk_size=chunk)(basis)
+    rows = torch.cat([grads[name].reshape(n, -1) for name in names], 1)
+    with torch.no_grad():
+        for name, buffer in buffers.items():
+            buffer.copy_(state[name])
+    return rows
 
 
 def condition_number(gram: torch.Tensor) -> float:
@@ -208,9 +290,11 @@ def condition_number(gram: torch.Tensor) -> float:
     return float(np.nan_to_num(kappa, nan=NAN_CONDITION))
 
 
-def ntk_condition_number(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None = None) -> float:
-    """Condition number of the NTK of ``network`` (mixture ``weights`` for a supernet) on ``images``."""
-    return condition_number(ntk_gram(network, images, weights))
+def ntk_condition_number(network: nn.Module, images: torch.Tensor, weights: torch.Tensor | None = None, *,
+                         method: str = "batched") -> float:
+    """Condition number of the NTK of ``network`` (mixture ``weights`` for a supernet) on ``images``;
+    ``method`` as :func:`ntk_gram`."""
+    return condition_number(ntk_gram(network, images, weights, method=method))
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,6 +376,7 @@ def score_masks(
     ntk_N: int = 1,
     init: str = "default",
     device: Any = "cpu",
+    ntk_method: str = "batched",
 ) -> list[dict]:
     """Both proxies of each mask, per repeat: ``[{"ntk": [k_0, ...], "regions": [r_0, ...]}]``.
 
@@ -299,11 +384,14 @@ def score_masks(
     network and one batch of ``ntk_batch`` of ``images`` (the train split, normalised), and one
     ``init`` (Kaiming: fan_in) of the thin network and ``region_batches`` batches of
     ``region_samples`` random crops, all from generators seeded by ``(seed, r)``; every mask of the
-    call is scored on them. ``images`` may live on ``device`` already."""
+    call is scored on them. ``images`` may live on ``device`` already. ``ntk_method`` is how the
+    NTK's rows are computed (:data:`NTK_METHODS`; the same figures either way)."""
     require_at_least_one(repeats=repeats, ntk_batch=ntk_batch, region_samples=region_samples,
                          region_batches=region_batches)
     if init not in INITS:
         raise ValueError(f"init={init!r}; expected one of {INITS}")
+    if ntk_method not in NTK_METHODS:
+        raise ValueError(f"ntk_method={ntk_method!r}; expected one of {NTK_METHODS}")
     if ntk_batch > images.shape[0]:
         raise ValueError(f"ntk_batch={ntk_batch} > {images.shape[0]} train images; must be <= the train split's size")
     weights = [mixture_weights(m) for m in masks]
@@ -320,7 +408,7 @@ def score_masks(
         pick = torch.randperm(images.shape[0], generator=repeat_generator(seed, r, 1))[:ntk_batch]
         batch = images[pick.to(device)]
         for row, w in zip(out, weights):
-            row["ntk"].append(ntk_condition_number(net, batch, w))
+            row["ntk"].append(ntk_condition_number(net, batch, w, method=ntk_method))
         del net
         init_network_(thin, init, mode="fan_in", generator=repeat_generator(seed, r, 2))
         thin.to(device).train()

@@ -55,6 +55,103 @@ def test_a_singular_ntk_follows_the_official_nan_rule():
     assert condition_number(torch.zeros(3, 3)) == 1e5  # 0 / 0
 
 
+# --- the batched NTK against the official loop ----------------------------------------------
+# masks of the kinds a TE-NAS round scores: the full supernet, one op pruned, a single path, a
+# mixed mask, and one whose cells are all `none` (its gram is 0: the official NaN rule)
+NTK_MASKS = [
+    FULL_MASK,
+    [[0, 1, 1, 0, 1]] + [[0, 1, 1, 1, 1]] * 5,
+    [[0, 1, 0, 0, 0]] * 5 + [[0, 0, 0, 1, 0]],
+    [[0, 0, 1, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 1, 0], [0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 0, 0, 0, 1]],
+    [[1, 0, 0, 0, 0]] * 6,
+]
+
+
+@pytest.fixture(scope="module")
+def digits_train_images():
+    from raynas.data import load_dataset
+
+    return load_dataset("digits").train.images
+
+
+def _default_ntk_network(seed):
+    from raynas.proxies import default_init_
+
+    net = build_ntk_network(num_classes=10, in_channels=1, C=3, N=1)
+    return default_init_(net, generator=torch.Generator().manual_seed(seed)).train()
+
+
+@pytest.mark.parametrize("mask_index", range(len(NTK_MASKS)))
+def test_the_batched_ntk_gram_is_the_loops_and_runs_one_forward(digits_train_images, mask_index):
+    import copy
+
+    from raynas.proxies import ntk_gram
+
+    batch = digits_train_images[torch.randperm(digits_train_images.shape[0],
+                                               generator=torch.Generator().manual_seed(mask_index))[:16]]
+    weights = mixture_weights(NTK_MASKS[mask_index])
+    net = _default_ntk_network(mask_index)
+    looped, batched = copy.deepcopy(net), copy.deepcopy(net)
+    loop_gram = ntk_gram(looped, batch, weights, method="loop")
+    batched_gram = ntk_gram(batched, batch, weights, method="batched")
+    assert batched_gram.dtype == torch.float64 and batched_gram.shape == (16, 16)
+    scale = loop_gram.abs().max().item()
+    assert torch.allclose(batched_gram, loop_gram, rtol=1e-6, atol=1e-9 * scale)
+    k_loop, k_batched = condition_number(loop_gram), condition_number(batched_gram)
+    assert k_batched == pytest.approx(k_loop, rel=1e-6)
+    if mask_index == len(NTK_MASKS) - 1:
+        assert scale == 0.0 and k_loop == k_batched == 1e5  # no weight reaches the logits
+    else:
+        assert k_loop > 1.0
+    # the BN running statistics moved as the loop's single forward moved them, once
+    loop_state, batched_state = looped.state_dict(), batched.state_dict()
+    assert all(torch.equal(loop_state[k], batched_state[k]) for k in loop_state)
+    assert int(batched.stem[1].num_batches_tracked) == 1
+    assert not torch.equal(batched.stem[1].running_mean, net.stem[1].running_mean)
+
+
+def test_score_masks_gives_the_same_ntk_figures_batched_as_looped(digits_train_images):
+    kwargs = dict(num_classes=10, seed=5, repeats=2, ntk_batch=16, region_samples=200, region_batches=1)
+    looped = score_masks(NTK_MASKS[:4], digits_train_images, ntk_method="loop", **kwargs)
+    batched = score_masks(NTK_MASKS[:4], digits_train_images, **kwargs)  # batched is the default
+    for a, b in zip(looped, batched):
+        assert b["ntk"] == pytest.approx(a["ntk"], rel=1e-6) and b["regions"] == a["regions"]
+    assert len({round(k, 3) for row in looped for k in row["ntk"]}) == 8  # masks and repeats differ
+    with pytest.raises(ValueError, match=r"ntk_method='jacfwd'; expected one of \('batched', 'loop'\)"):
+        score_masks([FULL_MASK], digits_train_images, ntk_method="jacfwd", **kwargs)
+
+
+class _CountingLinear(nn.Module):
+    """A linear layer counting its forwards in a plain tensor attribute (not a buffer): torch.func
+    refuses the in-place update of a tensor its function captured."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.calls = torch.zeros(())
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return self.lin(x)
+
+
+def test_the_batched_ntk_falls_back_to_the_loop_where_torch_func_cannot_run_the_network():
+    from raynas.proxies import _ntk_rows_batched, ntk_gram
+
+    torch.manual_seed(0)
+    net, x = _CountingLinear(), torch.randn(6, 4)
+    with pytest.raises(RuntimeError, match="in-place"):
+        _ntk_rows_batched(net, x, None, ["lin.weight"])
+    assert net.calls.item() == 0  # the refused attempt changed nothing
+    gram = ntk_gram(net, x)  # batched, refused, then the loop
+    assert net.calls.item() == 1  # one forward in all
+    # logits = W x + b: the rows are ones(3) x^T, so the NTK is 3 X X^T
+    assert torch.allclose(gram, 3 * x.double() @ x.double().T, rtol=1e-5)
+    assert torch.equal(gram, ntk_gram(net, x, method="loop"))
+    with pytest.raises(ValueError, match=r"method='vmap'; expected one of \('batched', 'loop'\)"):
+        ntk_gram(net, x, method="vmap")
+
+
 # --- linear regions ------------------------------------------------------------------------
 def test_regions_of_a_1d_relu_layer_are_its_breakpoints_plus_one():
     breakpoints = torch.tensor([-0.7, -0.2, 0.1, 0.5, 0.9])
