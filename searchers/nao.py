@@ -20,12 +20,19 @@ runs the same loop on NB201 (METHODS.md, "Balanced NAO"):
 5. train the ``top_k`` best scored archs from scratch (briefly: the paper re-ranks its top 5 with
    10 epochs); the best standalone valid accuracy wins.
 
-The EPD is fitted inside ``suggest``, on the Tune driver's CPU: Tune's loop waits while it trains.
-The ``small`` preset keeps it to seconds (50 epochs on ~100 archs); ``paper`` states the paper's
-1,000 epochs, minutes per iteration on one CPU core with 1,000-1,900 archs and their isomorphic
-copies. All EPD randomness (init, split, shuffles, augmentation draws) comes from a local torch
-Generator seeded from the searcher's RNG; the EPD's weights (as numpy arrays: plain values) are
-searcher state and carry over from one iteration to the next, as the official model does (a fresh Adam each fit).
+The EPD is fitted on the Tune driver's CPU in a background thread (one per fit, on one torch
+thread): ``suggest`` starts it on a snapshot of its inputs and answers ``None`` (wait) at once
+while it runs, so Tune's loop never waits on it (``paper``: 1,000 epochs on 1,000-1,900 archs
+and their isomorphic copies, ~40 minutes per iteration on a loaded CPU core; ``small``:
+seconds). The first ``suggest`` after it ends applies its result in Tune's thread (the new
+pool, the EPD weights, ``history_``, the RNG) and issues the next iteration's first unit; the
+search is the same as a fit inside ``suggest``. Until then the searcher's state is the one from
+before the fit (the iteration's scoring done, nothing of the fit applied): a driver killed
+mid-fit resumes by fitting again, identically. A fit that raises fails the search with one line
+naming the iteration. All EPD randomness (init, split, shuffles, augmentation draws) comes from
+a local torch Generator seeded from the searcher's RNG; the EPD's weights (as numpy arrays:
+plain values) are searcher state and carry over from one iteration to the next, as the official
+model does (a fresh Adam each fit).
 
 Adaptation to NB201:
 - Token sequence: the 6 edges in the benchmark's row order, token = op index + 1 (vocabulary 6;
@@ -68,9 +75,14 @@ Deviations:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import copy
 import logging
-from typing import Sequence
+import threading
+import time
+import weakref
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -197,8 +209,10 @@ def pairwise_accuracy(targets: Sequence[float], predictions: Sequence[float]) ->
 
 def fit_epd(model: EncoderPredictorDecoder, tokens: torch.Tensor, targets: torch.Tensor, *, epochs: int,
             batch_size: int = 100, lr: float = 1e-3, grad_clip: float = 5.0, trade_off: float = 0.8,
-            generator: torch.Generator) -> dict:
-    """Train the EPD (fresh Adam) on (tokens, targets in [0, 1]); returns the last epoch's mean losses."""
+            generator: torch.Generator, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train the EPD (fresh Adam) on (tokens, targets in [0, 1]); returns the last epoch's mean losses.
+    ``should_stop``: asked before every batch; once it says True the fit returns at once, part-way
+    (the searcher's way to drop a background fit whose result nobody will read)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     n = tokens.shape[0]
@@ -207,6 +221,8 @@ def fit_epd(model: EncoderPredictorDecoder, tokens: torch.Tensor, targets: torch
         order = torch.randperm(n, generator=generator)
         sums = np.zeros(3)
         for start in range(0, n, batch_size):
+            if should_stop is not None and should_stop():
+                return log
             idx = order[start:start + batch_size]
             x, y = tokens[idx], targets[idx]
             pred, logp = model(x)
@@ -256,17 +272,101 @@ def generate_archs(model: EncoderPredictorDecoder, space, sources: Sequence, *, 
     return new, info
 
 
+_torch_threads_lock = threading.Lock()
+_torch_threads_users = 0  # threads inside one_torch_thread now
+_torch_threads_default = 1  # the count new threads start with, as it was before the first user came
+
+
 @contextlib.contextmanager
 def one_torch_thread():
     """Run the EPD on one CPU thread, restoring the previous setting after: the model is far too
     small to gain from threads (on a loaded 2-core machine 2 threads made a step 20x slower), and
-    one thread makes its float results independent of the machine's core count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    one thread makes its float results independent of the machine's core count.
+
+    Safe in a background thread (the searcher fits there): ``torch.set_num_threads`` is
+    process-wide in name, but on torch's OpenMP backend (Linux builds) it sets the *calling*
+    thread's OpenMP team size, which every thread keeps for itself, plus the default a thread
+    that has not run torch yet starts with. So the fit thread runs on one thread while the
+    driver's thread keeps its own setting. The default is the one shared value: the first thread
+    in records it and the last one out puts it back, so overlapping users (a dropped fit still
+    winding down while the next starts) cannot leave it at 1. On a build with torch's native
+    thread pool the setting is shared for real: the driver's own torch work (little, during a
+    search: the actors train elsewhere) would then run on one thread while a fit runs."""
+    global _torch_threads_users, _torch_threads_default
+    with _torch_threads_lock:
+        if _torch_threads_users == 0:
+            _torch_threads_default = torch.get_num_threads()
+        _torch_threads_users += 1
+        previous = torch.get_num_threads()  # this thread's own
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _torch_threads_lock:
+            _torch_threads_users -= 1
+            torch.set_num_threads(_torch_threads_default if _torch_threads_users == 0 else previous)
+
+
+_running_fits: "weakref.WeakSet[_BackgroundFit]" = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+
+
+def _stop_running_fits(wait_s: float = 10.0) -> None:
+    """At interpreter exit: ask the fits still running to stop and wait for them (they stop at
+    their next batch). A daemon thread left inside torch while the interpreter tears down aborts
+    the process ("terminate called without an active exception", SIGABRT)."""
+    fits = list(_running_fits)
+    for fit in fits:
+        fit.cancel()
+    deadline = time.monotonic() + wait_s
+    for fit in fits:
+        fit.join(max(0.0, deadline - time.monotonic()))
+
+
+class _BackgroundFit:
+    """One EPD fit running ``work(inputs, should_stop)`` in a daemon thread. ``inputs`` is a
+    snapshot the searcher took in its own thread: the fit reads nothing else of the searcher's
+    that changes, and writes nothing of it; the searcher's thread reads ``result`` (or ``error``)
+    once :meth:`done`. Daemon: a driver interrupted mid-fit exits without waiting minutes for a
+    result its resume recomputes anyway (an exit hook stops it at its next batch first). Never
+    pickled (the searcher drops it)."""
+
+    def __init__(self, iteration: int, work: Callable, inputs: dict) -> None:
+        global _exit_hook_registered
+        with _exit_hook_lock:
+            if not _exit_hook_registered:
+                atexit.register(_stop_running_fits)
+                _exit_hook_registered = True
+        self.iteration = iteration
+        self.started = time.monotonic()
+        self.result: dict | None = None
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(work, inputs), name=f"nao-epd-i{iteration}",
+                                        daemon=True)
+        _running_fits.add(self)
+        self._thread.start()
+
+    def _run(self, work: Callable, inputs: dict) -> None:
+        try:
+            self.result = work(inputs, self._stop.is_set)
+        except BaseException as error:  # handed to the searcher's thread, which fails the search with it
+            self.error = error
+        finally:
+            _running_fits.discard(self)
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (``None``: until it ends); whether it has ended."""
+        self._thread.join(timeout)
+        return self.done()
+
+    def cancel(self) -> None:
+        """Ask the fit to stop at its next batch; its result will not be read."""
+        self._stop.set()
 
 
 # --- the searcher -----------------------------------------------------------------------------------
@@ -362,6 +462,42 @@ class NAOSearcher(SupernetSearcher):
         #: per fitted iteration: EPD losses, hold-out pairwise accuracy, generation counts
         self.history_: list[dict] = []
         self._iso_groups: dict | None = None  # canonical key -> archs (derived from the space; not state)
+        # --- the session's, not state (never saved, dropped when pickled) -------------------
+        #: the EPD fit running in the background (None: none); its result is applied in suggest
+        self._fit: _BackgroundFit | None = None
+        #: False: fit inside suggest, Tune's loop waiting (a private switch for tests comparing the two)
+        self._fit_in_background = True
+
+    def __getstate__(self) -> dict:
+        # a running fit (a thread) is the session's: a pickled searcher has none, and fits again
+        return {**super().__getstate__(), "_fit": None}
+
+    def set_state(self, state: dict) -> None:
+        """As the base's; a fit running in this session is dropped (its result never applied):
+        the restored state is from before any fit it holds, which the next ``suggest`` starts."""
+        self._drop_fit()
+        super().set_state(state)
+
+    def halt(self, reason: str) -> None:
+        super().halt(reason)
+        self._drop_fit()  # nothing more is issued this session: its result would never be used
+
+    def _drop_fit(self) -> None:
+        if self._fit is not None:
+            self._fit.cancel()
+            self._fit = None
+
+    @property
+    def fitting(self) -> bool:
+        """Whether an EPD fit is under way: running in the background, or ended with its result
+        not applied yet (the next ``suggest`` applies it)."""
+        return self._fit is not None
+
+    def wait_for_fit(self, timeout: float | None = None) -> bool:
+        """Block until the running EPD fit (if any) ends, at most ``timeout`` seconds; whether
+        none runs now. For callers that drive ``suggest`` themselves and must not spin (tests);
+        Tune just asks again."""
+        return self._fit is None or self._fit.join(timeout)
 
     # --- the loop ---------------------------------------------------------------------------------
     def iteration_end(self, iteration: int) -> int:
@@ -389,13 +525,16 @@ class NAOSearcher(SupernetSearcher):
                 return unit
             if not self._round_scored():
                 return None
+            if self.iteration_ + 1 < self.iterations:
+                # the scoring round stays as it is until the fit's result is applied, so the
+                # state saved meanwhile is the one from before the fit
+                result = self._fit_result()
+                if result is None:
+                    return None
+                self._apply_fit(result)
+                return self._next_unit()
             self.latest_.update(self.scores_)
             self.score_offset_ += len(self._round_archs())
-            if self.iteration_ + 1 < self.iterations:
-                self._fit_and_generate()
-                self.iteration_ += 1
-                self.phase_ = "train"
-                return self._next_unit()
             ranked = sorted(self.archs_, key=lambda a: self.latest_[a], reverse=True)
             self.picks_ = self.distinct_functions(ranked, self.top_k)
             self.phase_ = "standalone"
@@ -404,77 +543,146 @@ class NAOSearcher(SupernetSearcher):
         return None
 
     def _progress(self) -> str:
+        if self.fitting:
+            return (f"iteration {self.iteration_ + 1}/{self.iterations}, fitting the predictor "
+                    f"({time.monotonic() - self._fit.started:.0f} s so far)")
         line = super()._progress()
         if self.phase_ in ("train", "score"):
             return f"iteration {self.iteration_ + 1}/{self.iterations}, {line}"
         return line
 
-    # --- the EPD ----------------------------------------------------------------------------------
-    def _isomorphic(self, arch) -> list:
-        """Other archs of the space with the same canonical key (the space is enumerated once)."""
-        if self._iso_groups is None:
-            groups: dict = {}
-            if len(self.space_) <= 100_000:
-                for a in self.space_.enumerate():
-                    groups.setdefault(self.space_.canonical_key(a), []).append(a)
-            self._iso_groups = groups
-        return [a for a in self._iso_groups.get(self.space_.canonical_key(arch), []) if a != arch]
+    # --- the fit, off Tune's loop -----------------------------------------------------------------
+    def _fit_result(self) -> dict | None:
+        """The EPD fit's result for this iteration once it is there; else ``None`` (wait), starting
+        the fit if none runs (in the background, or at once without ``_fit_in_background``)."""
+        if self._fit is not None and self._fit.iteration != self.iteration_:
+            self._drop_fit()  # not this iteration's (cannot happen through suggest; never apply it)
+        if self._fit is None:
+            if not self._fit_in_background:
+                return self._run_fit(self._fit_inputs())
+            self._fit = _BackgroundFit(self.iteration_, self._run_fit, self._fit_inputs())
+        if not self._fit.done():
+            return None
+        fit, self._fit = self._fit, None
+        if fit.error is not None:
+            logger.error("nao: the EPD fit of iteration %d raised", fit.iteration + 1,
+                         exc_info=(type(fit.error), fit.error, fit.error.__traceback__))
+            self._fail(f"nao iteration {fit.iteration + 1}/{self.iterations}: fitting the predictor failed: "
+                       f"{type(fit.error).__name__}: {fit.error}")
+            return None
+        return fit.result
 
-    def _training_pairs(self, archs: list, targets: np.ndarray, order: list[int], g: torch.Generator):
+    def _fit_inputs(self) -> dict:
+        """A snapshot of everything the fit reads that the searcher may change: the cumulative pool
+        with its latest scores (this round's included), the EPD weights, a copy of the RNG (the fit
+        draws the torch seed and the fill-up archs from it; the searcher's advances only when the
+        result is applied) and the isomorphism groups if known."""
+        latest = {**self.latest_, **self.scores_}
+        return {"iteration": self.iteration_, "archs": list(self.archs_), "scores": [latest[a] for a in self.archs_],
+                "epd_state": None if self.epd_state_ is None else dict(self.epd_state_),
+                "rng": copy.deepcopy(self.rng_), "iso_groups": self._iso_groups}
+
+    def _run_fit(self, inputs: dict, should_stop: Callable[[], bool] | None = None) -> dict | None:
+        with one_torch_thread():
+            return self._epd_iteration(inputs, should_stop)
+
+    def _apply_fit(self, result: dict) -> None:
+        """The fit's result becomes the search's, in the searcher's own thread: the round's scores
+        join ``latest_``, the new pool joins ``archs_``, the RNG moves on as the fit moved its copy."""
+        self.latest_.update(self.scores_)
+        self.score_offset_ += len(self._round_archs())
+        if self._iso_groups is None:
+            self._iso_groups = result["iso_groups"]
+        self.epd_state_ = result["epd_state"]
+        self.history_.append(result["entry"])
+        logger.info("nao iteration %d: %s", self.iteration_, result["entry"])
+        self.pool_ = list(result["pool"])
+        self.archs_.extend(self.pool_)
+        self.rng_.bit_generator.state = result["rng_state"]
+        self.iteration_ += 1
+        self.phase_ = "train"
+
+    # --- the EPD ----------------------------------------------------------------------------------
+    def _isomorphic(self, arch, groups: dict | None = None) -> list:
+        """Other archs of the space with the same canonical key, from ``groups`` (canonical key ->
+        archs) or the searcher's own (the space is enumerated once)."""
+        if groups is None:
+            if self._iso_groups is None:
+                self._iso_groups = isomorphism_groups(self.space_)
+            groups = self._iso_groups
+        return [a for a in groups.get(self.space_.canonical_key(arch), []) if a != arch]
+
+    def _training_pairs(self, archs: list, targets: np.ndarray, order: list[int], g: torch.Generator,
+                        groups: dict | None = None):
         """The 90% training split plus up to ``expand - 1`` isomorphic copies of each of its archs."""
         x, y = [], []
         for i in order:
             x.append(archs[i])
             y.append(targets[i])
             if self.expand > 1:
-                siblings = self._isomorphic(archs[i])
+                siblings = self._isomorphic(archs[i], groups)
                 if siblings:
                     picks = torch.randperm(len(siblings), generator=g)[: self.expand - 1].tolist()
                     x.extend(siblings[k] for k in picks)
                     y.extend([targets[i]] * len(picks))
         return arch_tokens(x), torch.tensor(np.asarray(y), dtype=torch.float32)
 
-    def _fit_and_generate(self) -> None:
-        with one_torch_thread():
-            self._epd_iteration()
-
-    def _epd_iteration(self) -> None:
+    def _epd_iteration(self, inputs: dict, should_stop: Callable[[], bool] | None = None) -> dict | None:
+        """Fit the EPD on the snapshot ``inputs`` (:meth:`_fit_inputs`) and generate the next pool.
+        Reads the searcher's settings and space only and writes nothing of it (it may run in a
+        background thread): returns the EPD weights, the history entry, the new pool, the RNG
+        copy's state and the isomorphism groups; ``None`` once ``should_stop`` said stop."""
         space = self.space_
-        archs = [space.parse(a) for a in self.archs_]
-        targets = minmax_normalise([self.latest_[a] for a in self.archs_])
-        g = torch.Generator().manual_seed(int(self.rng_.integers(2**62)))
+        rng = inputs["rng"]
+        groups = inputs["iso_groups"]
+        if groups is None and self.expand > 1:
+            groups = isomorphism_groups(space)
+        archs = [space.parse(a) for a in inputs["archs"]]
+        latest = dict(zip(inputs["archs"], inputs["scores"]))
+        targets = minmax_normalise(inputs["scores"])
+        g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         model = build_epd(space.num_ops, space.num_edges, g, emb_size=self.emb_size, hidden_size=self.hidden_size)
-        if self.epd_state_ is not None:
-            if set(self.epd_state_) != set(model.state_dict()):
+        epd_state = inputs["epd_state"]
+        if epd_state is not None:
+            if set(epd_state) != set(model.state_dict()):
                 raise ValueError("nao: the saved EPD weights are of another layout (a raynas before the decoder "
                                  "attention's input projection); start this search anew")
-            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.epd_state_.items()})
+            model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in epd_state.items()})
         perm = torch.randperm(len(archs), generator=g).tolist()
         n_valid = int(len(archs) * self.valid_fraction)
         train_idx, valid_idx = perm[: len(archs) - n_valid], perm[len(archs) - n_valid:]
-        tokens, y = self._training_pairs(archs, targets, train_idx, g)
+        tokens, y = self._training_pairs(archs, targets, train_idx, g, groups or {})
         log = fit_epd(model, tokens, y, epochs=self.epd_epochs, batch_size=self.epd_batch_size, lr=self.epd_lr,
-                      grad_clip=self.epd_grad_clip, trade_off=self.trade_off, generator=g)
+                      grad_clip=self.epd_grad_clip, trade_off=self.trade_off, generator=g, should_stop=should_stop)
+        if should_stop is not None and should_stop():
+            return None
         model.eval()
         if len(valid_idx) >= 2:
             with torch.no_grad():
                 pred = model.predict(model.encode(arch_tokens([archs[i] for i in valid_idx]))).tolist()
             log["valid_pairwise_acc"] = pairwise_accuracy([targets[i] for i in valid_idx], pred)
-        self.epd_state_ = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+        new_state = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
 
-        ranked = sorted(self.archs_, key=lambda a: self.latest_[a], reverse=True)[: self.top_archs]
+        ranked = sorted(inputs["archs"], key=lambda a: latest[a], reverse=True)[: self.top_archs]
         new, info = generate_archs(model, space, [space.parse(a) for a in ranked], count=self.new_archs,
                                    exclude=archs, max_step_size=self.max_step_size)
         generated = len(new)
         seen = set(archs) | set(new)
         while len(new) < self.new_archs:  # lambda ran out: fill with uniform unseen archs
-            arch = space.sample(self.rng_)
+            arch = space.sample(rng)
             if arch not in seen:
                 seen.add(arch)
                 new.append(arch)
-        entry = {"iteration": self.iteration_, "pool": len(self.archs_), "train_pairs": int(tokens.shape[0]),
+        entry = {"iteration": inputs["iteration"], "pool": len(archs), "train_pairs": int(tokens.shape[0]),
                  **log, **info, "generated": generated, "filled": len(new) - generated}
-        self.history_.append(entry)
-        logger.info("nao iteration %d: %s", self.iteration_, entry)
-        self.pool_ = [str(a) for a in new]
-        self.archs_.extend(self.pool_)
+        return {"epd_state": new_state, "entry": entry, "pool": [str(a) for a in new],
+                "rng_state": rng.bit_generator.state, "iso_groups": groups if self.expand > 1 else None}
+
+
+def isomorphism_groups(space) -> dict:
+    """Canonical key -> the space's archs with that key (empty for a space too large to enumerate)."""
+    groups: dict = {}
+    if len(space) <= 100_000:
+        for a in space.enumerate():
+            groups.setdefault(space.canonical_key(a), []).append(a)
+    return groups

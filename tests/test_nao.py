@@ -1,7 +1,11 @@
 """Balanced one-shot NAO: size-balanced sampling, lr restarts, the encoder-predictor-decoder,
-generation, and an end-to-end search on a real local Ray."""
+generation, the EPD fit off Tune's loop, and an end-to-end search on a real local Ray."""
 
+import copy
 import math
+import pickle
+import threading
+import time
 
 import numpy as np
 import pandas as pd
@@ -33,6 +37,46 @@ def ref_size(arch) -> int:
 
 def within(freq: np.ndarray, probs: np.ndarray, n: int, sigmas: float = 4.5) -> bool:
     return bool(np.all(np.abs(freq - probs) <= sigmas * np.sqrt(probs * (1 - probs) / n) + 1e-12))
+
+
+class FitWaitingDriver(Driver):
+    """The test Driver, asking again as Tune does while the searcher's EPD fit runs in the
+    background (it blocks on the fit instead of spinning). Each wait is recorded: how long the
+    ``suggest`` that answered ``None`` took, whether the fit was still running right after it,
+    and the progress line then; ``on_wait(driver)`` runs before each wait."""
+
+    def __init__(self, searcher, on_wait=None, **kwargs):
+        super().__init__(searcher, **kwargs)
+        self.on_wait, self.waits = on_wait, []
+
+    def _suggest(self):
+        while True:
+            was_fitting = self.searcher.fitting
+            start = time.perf_counter()
+            entry = super()._suggest()
+            seconds = time.perf_counter() - start
+            if entry is not None or self.finished or not (was_fitting or self.searcher.fitting):
+                return entry
+            fit = self.searcher._fit
+            self.waits.append({"seconds": seconds, "running": fit is not None and not fit.done(),
+                               "progress": self.searcher.outcome()["progress"]})
+            if self.on_wait is not None:
+                self.on_wait(self)
+            assert self.searcher.wait_for_fit(timeout=600)
+
+
+def synchronous(searcher):
+    searcher._fit_in_background = False  # the fit inside suggest, Tune's loop waiting: the reference
+    return searcher
+
+
+def same_search(a, b):
+    """Two NAO searchers that made the same search: pools, history, EPD weights, RNG, result."""
+    assert a.archs_ == b.archs_ and a.latest_ == b.latest_ and a.history_ == b.history_
+    assert set(a.epd_state_) == set(b.epd_state_)
+    assert all(np.array_equal(a.epd_state_[k], b.epd_state_[k]) for k in a.epd_state_)
+    assert a.rng_.bit_generator.state == b.rng_.bit_generator.state
+    assert a.outcome() == b.outcome()
 
 
 # --- balanced sampling -----------------------------------------------------------------------------
@@ -199,7 +243,7 @@ def test_isomorphic_copies_augment_the_training_pairs():
 # --- the searcher ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("rescore", [True, False])
 def test_iterations_train_the_new_pool_and_score_the_cumulative_pool(rescore):
-    driver = Driver(make("nao", seed=3, epd_epochs=3, rescore=rescore))
+    driver = FitWaitingDriver(make("nao", seed=3, epd_epochs=3, rescore=rescore))
     driver.run()
     s = driver.searcher
     trains = [u for u in driver.log if u["kind"] == "train"]
@@ -213,6 +257,122 @@ def test_iterations_train_the_new_pool_and_score_the_cumulative_pool(rescore):
     finals = [u["arch"] for u in driver.log if u.get("role") == "final"]
     assert finals == s.distinct_functions(sorted(first + second, key=lambda a: s.latest_[a], reverse=True), 5)
     assert s.history_[0]["generated"] + s.history_[0]["filled"] == 20
+
+
+def test_the_fit_runs_off_the_loop_and_searches_as_a_fit_inside_suggest():
+    # 100 epochs: seconds of fitting, while suggest must answer at once
+    background = FitWaitingDriver(make("nao", seed=3, epd_epochs=100))
+    background.run()
+    inside = Driver(synchronous(make("nao", seed=3, epd_epochs=100)))
+    inside.run()  # the plain Driver: a searcher fitting inside suggest never answers None
+    assert len(background.waits) == 1  # 2 iterations: one fit, one wait for it
+    wait = background.waits[0]
+    assert wait["seconds"] < 0.2 and wait["running"]
+    assert wait["progress"].startswith("iteration 1/2, fitting the predictor")
+    # the same units (keys, archs, unit numbers), pools, EPD weights, history and RNG
+    assert background.log == inside.log
+    assert [key for key, _, _ in background.done] == [key for key, _, _ in inside.done]
+    same_search(background.searcher, inside.searcher)
+    assert background.searcher.history_[0]["generated"] + background.searcher.history_[0]["filled"] == 20
+    assert not background.searcher.fitting
+
+
+def test_a_state_saved_mid_fit_is_from_before_it_and_resumes_identically():
+    reference = Driver(synchronous(make("nao", seed=5, epd_epochs=40)))
+    reference.run()
+    captured = {}
+
+    def capture(driver):
+        if captured:
+            return
+        s = driver.searcher
+        assert s._fit is not None and not s._fit.done()  # mid-fit
+        captured["state"] = pickle.loads(pickle.dumps(s.get_state()))
+        captured["units"] = len(driver.log)
+        captured["actors"] = copy.deepcopy(driver.actors)
+        # a pickled searcher (Tune pickles its search algorithm) carries no fit, and fits again
+        captured["pickled"] = pickle.loads(pickle.dumps(s))
+
+    straight = FitWaitingDriver(make("nao", seed=5, epd_epochs=40), on_wait=capture)
+    straight.run()
+    assert straight.log == reference.log
+    same_search(straight.searcher, reference.searcher)
+    state, k = captured["state"], captured["units"]
+    # nothing of the fit applied: the iteration's scoring done, its pool and RNG as before the fit
+    assert state["phase_"] == "score" and state["iteration_"] == 0 and state["history_"] == []
+    assert state["epd_state_"] is None and len(state["archs_"]) == 60 and state["latest_"] == {}
+    assert len(state["scores_"]) == 60 and state["score_offset_"] == 0
+    assert captured["pickled"]._fit is None and not captured["pickled"].fitting
+
+    def restore_mid_fit(driver):
+        # set_state while a fit runs drops it: the next suggest fits again from the state
+        if len(driver.waits) == 1:
+            driver.searcher.set_state(pickle.loads(pickle.dumps(state)))
+            assert not driver.searcher.fitting
+
+    for searcher, on_wait in ((make("nao", seed=5, epd_epochs=40), restore_mid_fit), (captured["pickled"], None)):
+        searcher.set_state(pickle.loads(pickle.dumps(state)))
+        resumed = FitWaitingDriver(searcher, on_wait=on_wait, actors=copy.deepcopy(captured["actors"]))
+        resumed.run()
+        assert resumed.log == reference.log[k:]  # the same subsequent units, numbers and keys
+        same_search(resumed.searcher, reference.searcher)
+
+
+def test_a_fit_that_raises_fails_the_search_with_one_line():
+    searcher = make("nao", seed=0, epd_epochs=2)
+    searcher.epd_state_ = {"embedding.weight": np.zeros((6, 32), dtype=np.float32)}  # another layout
+    driver = FitWaitingDriver(searcher)
+    driver.run()
+    assert driver.finished and not searcher.fitting
+    outcome = searcher.outcome()
+    assert not outcome["final_arch"] and outcome["phase"] == "score"
+    assert outcome["failure"].startswith("nao iteration 1/2: fitting the predictor failed: ValueError: nao: the "
+                                         "saved EPD weights are of another layout")
+    assert "\n" not in outcome["failure"]
+    assert not [u for u in driver.log if u["kind"] == "train" and u["until"] > 50]  # nothing after the fit
+
+
+def test_a_halt_mid_fit_stops_the_fit():
+    searcher = make("nao", seed=0, epd_epochs=100_000)  # hours, unless stopped
+    fits = []
+
+    def halt(driver):
+        fits.append(driver.searcher._fit)
+        driver.searcher.halt("the cluster is gone")
+
+    FitWaitingDriver(searcher, on_wait=halt).run()
+    assert searcher.outcome()["failure"] == "the cluster is gone" and not searcher.fitting
+    assert fits[0].join(timeout=30) and fits[0].result is None  # cancelled at its next batch
+
+
+def test_one_torch_thread_in_a_background_thread_leaves_the_callers_setting():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inside, entered, leave = [], threading.Event(), threading.Event()
+
+        def fit():
+            with one_torch_thread():
+                inside.append(torch.get_num_threads())
+                entered.set()
+                leave.wait(30)
+
+        thread = threading.Thread(target=fit)
+        thread.start()
+        assert entered.wait(30)
+        assert inside == [1] and torch.get_num_threads() == 2  # this thread keeps its own
+        with one_torch_thread():  # overlapping users: each thread restores its own
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        leave.set()
+        thread.join(30)
+        fresh = []
+        later = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        later.start()
+        later.join(30)
+        assert fresh == [2]  # the default a new thread starts with is back
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_cohort_that_came_back_short_is_scored_again():

@@ -141,6 +141,11 @@ class Driver:
         self.n += 1
         trial = f"t{self.n}"
         unit = self.searcher.suggest(trial)
+        # a searcher computing in the background (NAO's EPD fit) answers None, maybe with
+        # nothing live: Tune asks again; this Driver waits for the work, then asks again
+        while unit is None and getattr(self.searcher, "fitting", False):
+            assert self.searcher.wait_for_fit(timeout=600)
+            unit = self.searcher.suggest(trial)
         if unit == Searcher.FINISHED:
             self.finished = True
             return None
