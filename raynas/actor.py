@@ -20,9 +20,8 @@ from typing import Any
 
 import ray
 
+from raynas.naming import NAMESPACE, actor_name, get_supernet_actor  # noqa: F401 (re-exported: the names live there)
 from raynas.worker import SupernetWorker, settings_difference, worker_settings
-
-NAMESPACE = "raynas"
 
 
 class _SupernetActor(SupernetWorker):
@@ -41,10 +40,6 @@ class _SupernetActor(SupernetWorker):
 
 
 SupernetActor = ray.remote(_SupernetActor)
-
-
-def actor_name(run_id: str, supernet: int) -> str:
-    return f"{run_id}/supernet-{supernet}"
 
 
 def _wait_until_released(name: str, timeout_s: float = 30.0) -> None:
@@ -116,6 +111,3 @@ def create_supernet_actor(
         options["scheduling_strategy"] = scheduling_strategy
     return SupernetActor.options(**options).remote(**worker_kwargs)
 
-
-def get_supernet_actor(run_id: str, supernet: int = 0):
-    return ray.get_actor(actor_name(run_id, supernet), namespace=NAMESPACE)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+import time
 from pathlib import Path
 
 from raynas import __version__
@@ -330,7 +331,7 @@ def _cmd_search(args) -> int:
         from raynas.driver import resume
 
         run = resume(args.resume, resources=overrides.get("resources"), address=args.address,
-                     num_cpus=args.num_cpus, verbose=verbose)
+                     num_cpus=args.num_cpus, verbose=verbose, started_at=args.started_at)
     else:
         run = search(
             args.method,
@@ -347,6 +348,7 @@ def _cmd_search(args) -> int:
             address=args.address,
             num_cpus=args.num_cpus,
             verbose=verbose,
+            started_at=args.started_at,
         )
     print(run.run_dir)
     return _exit_code(run, "search")
@@ -548,11 +550,13 @@ def _truth_from_benchmark(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started_at = time.time()  # a search's recorded wall time counts from here (imports, Ray's start)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a bad argument (one line, exit 2)
         return done.code if isinstance(done.code, int) else 2
+    args.started_at = started_at
     handlers = {"search": _cmd_search, "status": _cmd_status, "compare": _cmd_compare, "space": _cmd_space, "data": _cmd_data,
                 "rank": _cmd_rank, "truth": _cmd_truth}
     handlers.update({name: _command_module(name).run for name in COMMAND_MODULES})

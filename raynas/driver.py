@@ -27,7 +27,7 @@ from raynas.spaces import get_space
 from raynas.storage import Location
 from raynas.cluster import cluster_view
 from raynas.plan import plan_resources
-from raynas.supernets import ResourceWatch, SupernetActors, work_unit_trainable
+from raynas.supernets import ResourceWatch, SupernetActors, compute_shares, work_unit_trainable
 
 #: the resources section's defaults (raynas.settings.ResourcesSettings, as a dict)
 DEFAULTS = {"resources": ResourcesSettings().to_dict()}
@@ -105,6 +105,7 @@ def search(
     address: str | None = None,
     num_cpus: int | None = None,
     verbose: int = 1,
+    started_at: float | None = None,
 ) -> Run:
     """Run one search; return its :class:`Run` (status ``complete``, ``interrupted`` or ``failed``;
     the run directory holds the result tables whatever the status). ``storage``: a local folder or
@@ -143,7 +144,8 @@ def search(
         raise UsageError(f"--storage {storage}: cannot write the run directory there ({first_line(err)}); "
                          "expected a folder or bucket you can write") from None
     try:
-        return _session(config, run_dir, resume=False, address=address, num_cpus=num_cpus, verbose=verbose)
+        return _session(config, run_dir, resume=False, address=address, num_cpus=num_cpus, verbose=verbose,
+                        started_at=started_at)
     finally:
         if not (run_dir / SEARCHER_STATE).exists():
             run_dir.rmtree()  # a run that never started leaves nothing behind
@@ -177,7 +179,7 @@ def _reachable(address: str) -> str:
 
 
 def resume(run_dir: "str | os.PathLike | Location", *, resources: dict | None = None, address: str | None = None,
-           num_cpus: int | None = None, verbose: int = 1) -> Run:
+           num_cpus: int | None = None, verbose: int = 1, started_at: float | None = None) -> Run:
     """Continue the run in ``run_dir`` (its driver died, or it was interrupted) where it is now;
     ``resources`` may change the resources section (not what the search computes)."""
     given = run_dir
@@ -198,15 +200,17 @@ def resume(run_dir: "str | os.PathLike | Location", *, resources: dict | None = 
     # a run whose driver died before its searcher's first state (while Ray or the actors started)
     # has nothing to continue: its first session starts again, in the same directory
     started = (run_dir / SEARCHER_STATE).is_file()
-    return _session(config, run_dir, resume=started, address=address, num_cpus=num_cpus, verbose=verbose)
+    return _session(config, run_dir, resume=started, address=address, num_cpus=num_cpus, verbose=verbose,
+                    started_at=started_at)
 
 
 def _session(config: dict, run_dir: Location, *, resume: bool, address: str | None, num_cpus: int | None,
-             verbose: int) -> Run:
+             verbose: int, started_at: float | None = None) -> Run:
     from raynas.lifecycle import execute
 
     experiment = SearchExperiment(config, verbose=verbose)
-    ended = execute(experiment, run_dir, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose)
+    ended = execute(experiment, run_dir, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose,
+                    started_at=started_at)
     if verbose and experiment.summary is not None:
         row = experiment.summary.iloc[0]
         if ended.status == "complete":
@@ -265,7 +269,8 @@ class SearchExperiment:
                          "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
                          "input_size": splits.info.input_size}
         self.watch = ResourceWatch(plan, self.actors)
-        return work_unit_trainable(run, self.res, standalone_gpus=plan.standalone_gpus)
+        self.watch.compute = compute_shares(self.res, standalone_gpus=plan.standalone_gpus)
+        return work_unit_trainable(run, self.res, standalone_gpus=plan.standalone_gpus, compute=self.watch.compute)
 
     def attach(self, searcher) -> None:
         """The session's searcher: the actors follow its phases (made when needed, then released)."""

@@ -270,13 +270,16 @@ def _record_a_lost_head(began, facts) -> None:
 
 
 def execute(experiment: Experiment, run_dir: Location, *, resume: bool, address: str | None = None,
-            num_cpus: int | None = None, verbose: int = 1) -> Ended:
+            num_cpus: int | None = None, verbose: int = 1, started_at: float | None = None) -> Ended:
     """One session of a run (see the module docstring). Returns how it ended; the experiment's
-    tables are written whatever the status. ``run_dir``: a local path or a URI (:mod:`raynas.storage`)."""
+    tables are written whatever the status. ``run_dir``: a local path or a URI (:mod:`raynas.storage`).
+    ``started_at`` (epoch seconds): when the session's command began (its wall time counts from
+    there; default: now). Ray is shut down before the tables are written, so the wall time in
+    them counts its shutdown too."""
     run_dir = Location(run_dir)
     prior = sessions(run_dir)
     previous_wall = sum(s["wall_s"] for s in prior)
-    log = RowLog(run_dir, len(prior))
+    log = RowLog(run_dir, len(prior), began=started_at)
     status, message, outcome = "interrupted", None, {}
     started_ray = began = False
     with _quiet_tune(verbose):
@@ -318,6 +321,11 @@ def execute(experiment: Experiment, run_dir: Location, *, resume: bool, address:
                 raise
             finally:
                 experiment.stop()
+                if started_ray:  # the tables need no Ray: its shutdown counts in the wall time they record
+                    import ray
+
+                    ray.shutdown()
+                    started_ray = False
             wall_s = previous_wall + log.seconds()
             if not began:  # stopped before its first unit: nothing to write up
                 return Ended(status=status, outcome=outcome, wall_s=wall_s, sessions=len(prior), message=message)

@@ -7,6 +7,8 @@ import time
 
 from ray.tune import Callback
 
+from raynas.rowlog import unpack
+
 
 class Progress(Callback):
     """A Tune callback printing one short line per meaningful event (``verbose=0``: silent)."""
@@ -24,6 +26,17 @@ class Progress(Callback):
             print(f"[raynas {time.perf_counter() - self.start:6.0f}s] {text}", file=sys.stderr, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        # a batch (a slice of a cohort) is one line at most, however many candidates it holds
+        before = self.scored
+        for row in unpack(result):
+            self._row(row)
+        if self.scored // 10 > before // 10 or (self.verbose >= 2 and self.scored > before):
+            if result.get("kind") == "score":
+                self._say(f"scored {self.scored} candidates; best so far {self.best[0]:.4f} {self.best[1]}")
+            elif result.get("kind") == "proxy":
+                self._say(f"round {result.get('round', '?')}: {self.scored} training-free proxy scores so far")
+
+    def _row(self, result: dict) -> None:
         kind = result.get("kind")
         if kind == "train":
             total = f"/{self.total_steps}" if self.total_steps else ""
@@ -37,12 +50,8 @@ class Progress(Callback):
             acc = result.get("valid_acc", 0.0)
             if self.best is None or acc > self.best[0]:
                 self.best = (acc, result.get("arch", "?"))
-            if self.verbose >= 2 or self.scored % 10 == 0:
-                self._say(f"scored {self.scored} candidates; best so far {self.best[0]:.4f} {self.best[1]}")
         elif kind == "proxy":
             self.scored += 1
-            if self.verbose >= 2 or self.scored % 10 == 0:
-                self._say(f"round {result.get('round', '?')}: {self.scored} training-free proxy scores so far")
         elif kind == "standalone":
             self._say(
                 f"standalone {result.get('arch')}: epoch {result.get('epoch')}/{result.get('epochs')}  "

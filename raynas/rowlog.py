@@ -52,6 +52,22 @@ TUNE_KEYS = frozenset({
 })
 
 
+#: a result holding several rows (a slice of a score cohort, a proxy unit's masks): the rows
+#: under this key, each completed by the result's other fields
+BATCH = "rows"
+
+
+def unpack(result: dict) -> list[dict]:
+    """The rows of one reported result: a batch (``{"rows": [...], **shared}``: one Tune report
+    for a slice of candidates) gives one row per candidate, each with the shared fields; any
+    other result is one row."""
+    batch = result.get(BATCH)
+    if not isinstance(batch, list):
+        return [result]
+    shared = {k: v for k, v in result.items() if k != BATCH}
+    return [{**shared, **row} for row in batch]
+
+
 def _plain(value: Any) -> Any:
     """JSON for a row value: non-finite floats as strings JSON can hold, numpy scalars as numbers."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -77,10 +93,12 @@ class RowLog:
     flushed per row), numbered segments in object storage (see the module docstring). Pickles
     without its file handle or buffer."""
 
-    def __init__(self, run_dir: "str | os.PathLike | Location", session: int) -> None:
+    def __init__(self, run_dir: "str | os.PathLike | Location", session: int, *, began: float | None = None) -> None:
         self.run_dir = Location(run_dir)
         self.session = int(session)
-        self.began = time.time()
+        # the session's start (epoch seconds): the command's own start when it says so, so that
+        # the run's wall time counts its imports and Ray's start too
+        self.began = time.time() if began is None else float(began)
         self._file = None
         self._buffer: list[str] = []
         self._segment = 0
@@ -124,8 +142,11 @@ class RowLog:
         self.sync()
 
     def row(self, row: dict, *, trial: str | None = None) -> None:
-        record = {k: v for k, v in row.items() if k not in TUNE_KEYS}
-        self._write({**record, "session": self.session, "t": round(self.seconds(), 3), "trial": trial})
+        """Log one reported result: a batch is logged as its rows, one line per candidate."""
+        t = round(self.seconds(), 3)
+        for one in unpack(row):
+            record = {k: v for k, v in one.items() if k not in TUNE_KEYS}
+            self._write({**record, "session": self.session, "t": t, "trial": trial})
 
     def end(self, status: str) -> None:
         self._write({"event": "end", "session": self.session, "t": round(self.seconds(), 3), "status": status})

@@ -233,7 +233,7 @@ class SupernetActors:
     def forget_dead(self) -> None:
         """After a unit failed: an actor Ray gave up restarting is forgotten, so that the unit's
         re-issue makes it again from its snapshot."""
-        from raynas.actor import get_supernet_actor
+        from raynas.naming import get_supernet_actor
 
         for k, live in list(self.live.items()):
             if live.node is None:
@@ -296,11 +296,28 @@ class ResourceWatch(Callback):
         self.plan, self.actors = plan, actors
         self.searcher = None
         self.pending: dict[str, float] = {}  # trial id -> when first seen pending
+        self.silent: dict[str, float] = {}  # trial id of a running compute unit with no row yet -> its start
+        #: what a standalone/proxy unit's task asks for, by kind (:func:`compute_shares`)
+        self.compute: dict[str, dict] = {}
         self.checked = self.looked = 0.0
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the run config: the actors and searcher are this driver's
-        return {"plan": self.plan, "actors": None, "searcher": None, "pending": {}, "checked": 0.0, "looked": 0.0}
+        return {"plan": self.plan, "actors": None, "searcher": None, "pending": {}, "silent": {}, "compute": self.compute, "checked": 0.0,
+                "looked": 0.0}
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        from raynas.trainable import COMPUTE_KINDS
+
+        # a standalone/proxy trial is light; its task may still wait for its share of a node
+        if trial.config.get("kind") in COMPUTE_KINDS:
+            self.silent[trial.trial_id] = time.monotonic()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.silent.pop(trial.trial_id, None)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self.silent.pop(trial.trial_id, None)
 
     def attach(self, searcher) -> None:
         self.searcher = searcher
@@ -308,6 +325,7 @@ class ResourceWatch(Callback):
             self.actors.attach(searcher)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self.silent.pop(trial.trial_id, None)
         if self.actors is not None:
             self.actors.forget_dead()
 
@@ -334,13 +352,24 @@ class ResourceWatch(Callback):
         pending = [t for t in trials if t.status == Trial.PENDING]
         self.pending = {t.trial_id: self.pending.get(t.trial_id, now) for t in pending}
         late = [t for t in pending if now - self.pending[t.trial_id] > self.plan.timeout_s]
-        if not late or now - self.looked < 5.0:
+        # a running standalone/proxy trial whose task has not given a row: late once its task's
+        # ask is among Ray's pending demands after the timeout
+        waiting = [t for t in trials if t.status == Trial.RUNNING and t.trial_id in self.silent
+                   and now - self.silent[t.trial_id] > self.plan.timeout_s]
+        if not (late or waiting) or now - self.looked < 5.0:
             return None
         self.looked = now
-        running = any(t.status == Trial.RUNNING for t in trials)
+        if waiting:
+            asks = [bundle for bundle, _ in pending_bundles()]
+            for trial in waiting:
+                task = self.compute.get(trial.config.get("kind"), {})
+                if any(same_request(plain_resources({k: task.get(k, 0.0) for k in ("CPU", "GPU")}), bundle)
+                       for bundle in asks):
+                    late.append(trial)
+        running = any(t.status == Trial.RUNNING and t.trial_id not in self.silent for t in trials)
         nodes = [plain_resources(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
         for trial in late:
-            ask = plain_resources(trial.placement_group_factory.required_resources)
+            ask = self._ask(trial)
             if any(fits(ask, n) for n in nodes):
                 # a live node can hold it: it waits its turn behind units that run, or its trial
                 # process is starting; stuck only if nothing has run for much longer
@@ -355,19 +384,37 @@ class ResourceWatch(Callback):
                     ", or raise resources.placement_timeout_s")
         return None
 
+    def _ask(self, trial) -> dict:
+        """What a unit holds in all: its trial's request, plus its task's for a standalone/proxy unit."""
+        ask = plain_resources(trial.placement_group_factory.required_resources)
+        task = self.compute.get(trial.config.get("kind"))
+        if task:
+            ask = {k: round(ask.get(k, 0.0) + task.get(k, 0.0), 4) for k in ("CPU", "GPU")}
+            ask = plain_resources(ask)
+        return ask
+
 
 # --- the trainable ----------------------------------------------------------------------------------
-def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float):
-    """The work-unit trainable of a run, each unit sized by its kind (``res``: the resources section)."""
+def compute_shares(res: dict, *, standalone_gpus: float) -> dict[str, dict]:
+    """What the task of a standalone or proxy unit asks for, by kind (its unit's total less the
+    trial's CPU share: :func:`raynas.trainable.compute_resources`)."""
+    from raynas.trainable import COMPUTE_KINDS, compute_resources, unit_resources
+
+    shares = dict(trial_cpus=res["trial_cpus"], standalone_cpus=res["standalone_cpus"], standalone_gpus=standalone_gpus)
+    return {kind: compute_resources(unit_resources({"kind": kind}, **shares), trial_cpus=res["trial_cpus"])
+            for kind in COMPUTE_KINDS}
+
+
+def work_unit_trainable(run: dict, res: dict, *, standalone_gpus: float, compute: dict | None = None):
+    """The work-unit trainable of a run. Every trial asks for the same ``trial_cpus``, so Tune
+    reuses one trial process for units of every kind; a standalone or proxy unit's compute runs
+    in a task holding the rest of its share (``compute``: :func:`compute_shares`, sized in the driver)."""
     from ray import tune
 
-    from raynas.trainable import unit_resources, work_unit
+    from raynas.trainable import work_unit
 
-    return tune.with_resources(
-        tune.with_parameters(work_unit, run=run),
-        lambda unit: unit_resources(unit, trial_cpus=res["trial_cpus"], standalone_cpus=res["standalone_cpus"],
-                                    standalone_gpus=standalone_gpus),
-    )
+    run = {**run, "compute": compute or compute_shares(res, standalone_gpus=standalone_gpus)}
+    return tune.with_resources(tune.with_parameters(work_unit, run=run), {"CPU": res["trial_cpus"]})
 
 
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+?)\s*$")

@@ -91,6 +91,7 @@ import numpy as np
 from ray.tune.search import Searcher
 
 from raynas.checks import require_at_least_one
+from raynas.rowlog import unpack
 from raynas.spaces import get_space
 
 logger = logging.getLogger(__name__)
@@ -297,6 +298,10 @@ class WorkUnitSearcher(Searcher):
         return dict(unit)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        for row in unpack(result):  # a batch (a slice of a cohort) holds one row per candidate
+            self._on_result(trial_id, row)
+
+    def _on_result(self, trial_id: str, result: dict) -> None:
         unit = self.live_.get(trial_id)
         if unit is None:
             return
@@ -328,16 +333,18 @@ class WorkUnitSearcher(Searcher):
             logger.error("work unit %s (%s) failed %d times; giving up on it", unit["key"], unit["kind"], attempts)
             self._on_failed(unit)
             return
-        row = self._clean(result or {})
+        rows = [self._clean(r) for r in unpack(result or {})]
+        row = rows[-1] if rows else {}
         if row.get("diverged"):
             self._fail(self._diverged_reason(unit, row))
             return
         if unit["kind"] in _MULTI_ROW:
-            item = row.get(_MULTI_ROW[unit["kind"]][1])
-            if item is not None and item not in seen:
-                # a scheduler's STOP: Tune hands the stopping row to the searcher only here
-                seen.add(item)
-                self._on_row(unit, row)
+            for one in rows:
+                item = one.get(_MULTI_ROW[unit["kind"]][1])
+                if item is not None and item not in seen:
+                    # a scheduler's STOP: Tune hands the stopping result to the searcher only here
+                    seen.add(item)
+                    self._on_row(unit, one)
         elif unit["kind"] == "standalone" and row.get("epoch", 0) < row.get("epochs", 0):
             self._standalone_stopped(unit, row)
             return
@@ -889,6 +896,11 @@ class OneShotSearcher(SupernetSearcher):
             return self._final_units(self.picks_)
         return None
 
+    def _last_chunk_issued(self) -> bool:
+        """The one-shot supernet's last training chunk is running or waiting to run."""
+        return any(u["kind"] == "train" and int(u.get("supernet", 0)) == 0 and int(u["until"]) >= self.total_steps
+                   for u in self._pending())
+
     def _untrained_subs(self) -> list[int]:
         return [k for k in range(1, len(self.regions_) + 1) if self.trained_.get(k, 0) < self.few_shot_steps]
 
@@ -898,8 +910,9 @@ class OneShotSearcher(SupernetSearcher):
 
     def supernets_needed(self) -> set[int]:
         """By phase: the one-shot supernet while it trains and (without few-shot) scores; under
-        few-shot, the sub-supernets from their training to their last cohort (all of them at once
-        without a :attr:`supernet_limit`; else the ones in use and the next admitted, so a
+        few-shot, the sub-supernets from their training to their last cohort (all of them at once,
+        from the one-shot supernet's last chunk on, without a :attr:`supernet_limit`; else the
+        ones in use and the next admitted, so a
         sub-supernet is released once trained and made again from its snapshot to score); none
         in the standalone phase."""
         used = self.supernets_in_use()
@@ -907,6 +920,10 @@ class OneShotSearcher(SupernetSearcher):
             return used
         K = len(self.regions_)
         if self.phase_ == "train":
+            if K and (self.supernet_limit is None or self.supernet_limit > K) and self._last_chunk_issued():
+                # the sub-supernets' actors start (a process each, torch, data) while the last
+                # one-shot chunk trains: they read its snapshot only at their first step
+                return used | {0} | set(range(1, K + 1))
             return used | {0}
         if self.phase_ == "train_sub":
             if self.supernet_limit is None or self.supernet_limit >= K:

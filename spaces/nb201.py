@@ -351,15 +351,28 @@ class NB201Space(Space):
     @staticmethod
     @lru_cache(maxsize=64)
     def _size_table(what: str, net: tuple) -> tuple[int, tuple[tuple[int, ...], ...]]:
+        cached = _read_size_table(what, net)
+        if cached is not None:
+            return cached
+        import torch
+
         from raynas.spaces import nb201_nets
 
         count = nb201_nets.count_parameters if what == "parameters" else nb201_nets.count_flops
         kwargs = dict(net)
-        base = count((0,) * NUM_EDGES, **kwargs)
-        deltas = tuple(
-            tuple(count(tuple(o if i == e else 0 for i in range(NUM_EDGES)), **kwargs) - base for o in range(NUM_OPS))
-            for e in range(NUM_EDGES)
-        )
+        # 25 small networks: one thread is fastest (more fight the machine's other work), and
+        # the process's setting is put back after
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            base = count((0,) * NUM_EDGES, **kwargs)
+            deltas = tuple(
+                tuple(count(tuple(o if i == e else 0 for i in range(NUM_EDGES)), **kwargs) - base for o in range(NUM_OPS))
+                for e in range(NUM_EDGES)
+            )
+        finally:
+            torch.set_num_threads(threads)
+        _write_size_table(what, net, (base, deltas))
         return base, deltas
 
     def size_table(self, what: str = "parameters", **net: Any) -> tuple[int, tuple[tuple[int, ...], ...]]:
@@ -367,8 +380,10 @@ class NB201Space(Space):
 
         Every edge's op is a module of its own and every node's feature map has a fixed shape,
         so parameter and FLOP counts of NB201 networks add up edge by edge: 25 networks built
-        once per setting give the size of all 15,625 (building one takes ~40 ms). The test suite
-        checks the table against networks built whole.
+        once per setting give the size of all 15,625 (building one takes ~40-80 ms). A counted
+        table is kept on disk (``$RAYNAS_CACHE/sizes``, default ``~/.cache/raynas/sizes``), so a
+        machine counts each setting once. The test suite checks the table against networks built
+        whole.
         """
         if what not in ("parameters", "flops"):
             raise ValueError(f"size_table what={what!r}; expected 'parameters' or 'flops'")
@@ -387,3 +402,49 @@ class NB201Space(Space):
         if not self.is_full:
             net.setdefault("allowed_ops", self.allowed_ops)
         return NB201Supernet(**net)
+
+
+# --- the size tables' cache ---------------------------------------------------------------------------
+#: bump when the networks' layers or the counting convention change (cached tables then recount)
+SIZE_TABLE_VERSION = 1
+
+
+def _size_table_file(what: str, net: tuple):
+    import hashlib
+    import os
+    from pathlib import Path
+
+    key = hashlib.sha1(repr((SIZE_TABLE_VERSION, what, net)).encode()).hexdigest()[:16]
+    return Path(os.environ.get("RAYNAS_CACHE") or "~/.cache/raynas").expanduser() / "sizes" / f"nb201-{what}-{key}.json"
+
+
+def _read_size_table(what: str, net: tuple):
+    """A size table counted before (by any process of this machine), or None."""
+    import json
+
+    try:
+        saved = json.loads(_size_table_file(what, net).read_text())
+        base, deltas = int(saved["base"]), tuple(tuple(int(x) for x in row) for row in saved["deltas"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(deltas) != NUM_EDGES or any(len(row) != NUM_OPS for row in deltas):
+        return None
+    return base, deltas
+
+
+def _write_size_table(what: str, net: tuple, table) -> None:
+    """Keep a counted table for the next process (25 networks built: ~2 s, much more under load);
+    a cache that cannot be written is no error."""
+    import json
+    import os
+
+    path = _size_table_file(what, net)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"what": what, "net": [list(kv) for kv in net], "base": table[0],
+                                   "deltas": [list(row) for row in table[1]]}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
