@@ -1,6 +1,7 @@
 """SupernetActor: a supernet's weights, optimizer and data, held in one Ray actor.
 
-The body is :class:`raynas.worker.SupernetWorker`; this module only makes it an actor, places it
+The body is :class:`raynas.worker.SupernetWorker`; this module only makes it an actor (a class
+that loads the worker, and torch, in the actor's process only), places it
 on the device Ray grants (a whole or fractional GPU, else CPU with as many torch threads as CPUs
 granted) and names it so trials can look it up. Ray restarts a dead actor (``max_restarts``) by
 calling ``__init__`` again, which finds the run's last snapshot and resumes from it.
@@ -21,18 +22,40 @@ from typing import Any
 import ray
 
 from raynas.naming import NAMESPACE, actor_name, get_supernet_actor  # noqa: F401 (re-exported: the names live there)
-from raynas.worker import SupernetWorker, settings_difference, worker_settings
 
 
-class _SupernetActor(SupernetWorker):
+class _SupernetActor:
+    """A :class:`raynas.worker.SupernetWorker` behind a Ray actor. The class itself imports
+    nothing heavy: a process that only holds a handle (a light trial: Ray loads the actor's class
+    to read its methods when a handle is deserialised) never loads torch; the worker, and torch,
+    load in the actor's own process."""
+
     def __init__(self, **worker_kwargs: Any) -> None:
+        from raynas.worker import SupernetWorker
+
         # Actors with 0 GPUs can still see CUDA devices: use one only when Ray granted it.
         if worker_kwargs.get("device") is None:
             worker_kwargs["device"] = "cuda" if ray.get_gpu_ids() else "cpu"
         if worker_kwargs.get("num_threads") is None:
             cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
             worker_kwargs["num_threads"] = max(1, int(cpus))
-        super().__init__(**worker_kwargs)
+        self.worker = SupernetWorker(**worker_kwargs)
+
+    def train(self, *args: Any, **kwargs: Any) -> dict:
+        """:meth:`raynas.worker.SupernetWorker.train`."""
+        return self.worker.train(*args, **kwargs)
+
+    def score(self, *args: Any, **kwargs: Any) -> list[dict]:
+        """:meth:`raynas.worker.SupernetWorker.score`."""
+        return self.worker.score(*args, **kwargs)
+
+    def info(self) -> dict:
+        """:meth:`raynas.worker.SupernetWorker.info`."""
+        return self.worker.info()
+
+    def settings(self) -> dict:
+        """:meth:`raynas.worker.SupernetWorker.settings`."""
+        return self.worker.settings()
 
     def node_id(self) -> str:
         """The Ray node this actor runs on (placement checks, manifests)."""
@@ -71,6 +94,8 @@ def create_supernet_actor(
     ``worker_kwargs``' (device and threads aside); else ValueError naming the first that differs
     (also when that actor does not answer within ``timeout_s``: it is still starting elsewhere).
     """
+    from raynas.worker import settings_difference, worker_settings
+
     name = actor_name(run_id, supernet)
     wanted = worker_settings(worker_kwargs)  # also refuses unknown settings before Ray is asked
     try:

@@ -270,6 +270,8 @@ class SearchExperiment:
                          "input_size": splits.info.input_size}
         self.watch = ResourceWatch(plan, self.actors)
         self.watch.compute = compute_shares(self.res, standalone_gpus=plan.standalone_gpus)
+        if not plan.standalone_gpus:
+            self.watch.warm_run = run
         return work_unit_trainable(run, self.res, standalone_gpus=plan.standalone_gpus, compute=self.watch.compute)
 
     def attach(self, searcher) -> None:

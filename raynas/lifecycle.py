@@ -37,6 +37,8 @@ from raynas.rowlog import RowLog, load_searcher_state, save_searcher_state, sess
 from raynas.storage import Location
 
 STATUSES = ("complete", "interrupted", "failed")
+#: idle worker processes an embedded Ray keeps beyond one per CPU (warm standalone workers)
+IDLE_WORKERS = 4
 
 
 class Experiment:
@@ -195,6 +197,10 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
         kwargs["address"] = "local"
         if num_cpus:
             kwargs["num_cpus"] = num_cpus
+        # Ray kills idle workers beyond one per CPU after a second; the warm standalone workers
+        # (torch and the data loaded while the supernets train: raynas.trainable.warm_workers)
+        # are idle until the trainings come, and there are at most max_concurrent of them
+        kwargs["_system_config"] = {"num_workers_soft_limit": int(num_cpus or os.cpu_count() or 1) + IDLE_WORKERS}
         ray.init(**kwargs)
     return True
 

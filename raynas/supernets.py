@@ -299,12 +299,15 @@ class ResourceWatch(Callback):
         self.silent: dict[str, float] = {}  # trial id of a running compute unit with no row yet -> its start
         #: what a standalone/proxy unit's task asks for, by kind (:func:`compute_shares`)
         self.compute: dict[str, dict] = {}
+        #: the run (as the trainable sees it) whose standalone workers to warm up; None: do not
+        self.warm_run: dict | None = None
+        self.warmed: list | None = None
         self.checked = self.looked = 0.0
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the run config: the actors and searcher are this driver's
-        return {"plan": self.plan, "actors": None, "searcher": None, "pending": {}, "silent": {}, "compute": self.compute, "checked": 0.0,
-                "looked": 0.0}
+        return {"plan": self.plan, "actors": None, "searcher": None, "pending": {}, "silent": {}, "compute": self.compute,
+                "warm_run": None, "warmed": None, "checked": 0.0, "looked": 0.0}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         from raynas.trainable import COMPUTE_KINDS
@@ -323,6 +326,30 @@ class ResourceWatch(Callback):
         self.searcher = searcher
         if self.actors is not None:
             self.actors.attach(searcher)
+        issue = getattr(searcher, "on_issue", None)
+
+        def on_issue(unit: dict) -> None:
+            if issue is not None:
+                issue(unit)
+            self.warm()
+
+        searcher.on_issue = on_issue
+
+    def warm(self) -> None:
+        """Once the searcher says standalone trainings come soon, start that many warm-up tasks
+        (:func:`raynas.trainable.warm_workers`: worker processes with torch and the data loaded,
+        on the CPU the supernet phase leaves idle), once per session. CPU trainings only: Ray
+        keeps GPU and CPU task workers apart. Never raises (it runs inside Tune's loop)."""
+        if self.warm_run is None or self.warmed is not None or self.searcher is None:
+            return
+        try:
+            count = int(getattr(self.searcher, "standalone_soon", lambda: 0)())
+            if count > 0:
+                from raynas.trainable import warm_workers
+
+                self.warmed = warm_workers(self.warm_run, count)
+        except Exception:  # a warm-up is an optimisation; the trainings start cold without it
+            self.warmed = []
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self.silent.pop(trial.trial_id, None)
@@ -338,6 +365,7 @@ class ResourceWatch(Callback):
         if self.actors is not None:
             self.actors.reconcile()
             message = self.actors.check()
+        self.warm()
         message = message or self._stuck(trials, now)
         if message:
             if self.searcher is not None:

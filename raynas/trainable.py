@@ -118,6 +118,38 @@ def _compute(config: dict, run: dict, base: dict):
 _compute_remote = ray.remote(_compute)
 
 
+def warm_up(run: dict) -> int:
+    """Load what a standalone training needs (torch, the network code, the run's data) into this
+    worker process and return its pid: run as a task while the supernets train, it leaves warm
+    workers that Ray hands the standalone tasks next (imports and data: seconds per process)."""
+    from raynas.standalone import StandaloneTraining  # noqa: F401 (the import is the point)
+
+    _run_splits(run)
+    return os.getpid()
+
+
+_warm_remote = ray.remote(warm_up)
+
+
+def warm_workers(run: dict, count: int) -> list:
+    """Start ``count`` :func:`warm_up` tasks (0 CPUs: they use what the supernet phase leaves
+    idle); their refs (nobody needs to wait for them). Ray reuses a worker only for tasks of the
+    same runtime environment, and the standalone tasks inherit their trial's, which Tune gives
+    environment variables of its own: the warm-up tasks get the same."""
+    return [_warm_remote.options(num_cpus=0, max_retries=0, name="raynas-warm-up", scheduling_strategy="DEFAULT",
+                                 runtime_env={"env_vars": _trial_env_vars()}).remote(run) for _ in range(int(count))]
+
+
+def _trial_env_vars() -> dict:
+    """The environment variables Tune gives its trial processes (``ray.tune.execution.class_cache``:
+    its defaults plus those it passes on from the driver's environment)."""
+    try:
+        from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+    except ImportError:  # another Tune: the warm-up still runs, its worker may not be the one reused
+        return {}
+    return {**DEFAULT_ENV_VARS, **{k: os.environ[k] for k in ENV_VARS_TO_PROPAGATE if k in os.environ}}
+
+
 def _compute_task(kind: str, run: dict):
     ask = (run.get("compute") or {}).get(kind) or {"CPU": 1.0}
     # The unit is retried by its searcher (same key), never by Ray behind Tune's back. "DEFAULT":

@@ -498,6 +498,12 @@ class WorkUnitSearcher(Searcher):
                 out.append(k)
         return out
 
+    def standalone_soon(self) -> int:
+        """How many standalone trainings the search will start at once soon (its last supernet
+        work is in flight), so the driver can warm their worker processes meanwhile; 0: none
+        soon. A hint only: it changes nothing the search computes."""
+        return 0
+
     @property
     def idle(self) -> bool:
         """No unit is live or waiting to be issued."""
@@ -895,6 +901,16 @@ class OneShotSearcher(SupernetSearcher):
         if self.phase_ == "standalone":
             return self._final_units(self.picks_)
         return None
+
+    def standalone_soon(self) -> int:
+        """The final trainings (top_k picks x seeds, at most ``max_concurrent`` at once) while the
+        supernets train or the candidates are scored: warming their workers takes a process start
+        and torch's import (seconds each), best hidden behind the supernet training."""
+        if not self.top_k or self.finished_ or self.failure_ is not None:
+            return 0
+        if self.phase_ in ("train", "train_sub", "score"):
+            return min(self.top_k * len(self._final_seeds()), self.max_concurrent)
+        return 0
 
     def _last_chunk_issued(self) -> bool:
         """The one-shot supernet's last training chunk is running or waiting to run."""
