@@ -208,7 +208,7 @@ def _session(config: dict, run_dir: Location, *, resume: bool, address: str | No
              verbose: int, started_at: float | None = None) -> Run:
     from raynas.lifecycle import execute
 
-    experiment = SearchExperiment(config, verbose=verbose)
+    experiment = SearchExperiment(config, verbose=verbose, local_data=address is None)
     ended = execute(experiment, run_dir, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose,
                     started_at=started_at)
     if verbose and experiment.summary is not None:
@@ -231,9 +231,12 @@ class SearchExperiment:
     """A search, as :func:`raynas.lifecycle.execute` runs it: supernet actors, the method's
     searcher, the work-unit trainable, and the tables."""
 
-    def __init__(self, config: dict, *, verbose: int = 1) -> None:
+    def __init__(self, config: dict, *, verbose: int = 1, local_data: bool = False) -> None:
         self.config = config
         self.verbose = verbose
+        #: the data is on this machine (checked before Ray started): the driver can plan the
+        #: supernet's schedule itself and need not wait for the actor's start
+        self.local_data = local_data
         self.res = dict(config["resources"])
         self.max_concurrent = int(self.res["max_concurrent"])
         self.max_failures = int(self.res["max_failures"])
@@ -260,7 +263,7 @@ class SearchExperiment:
         if uses_supernet:
             # the handles are held for the session: Ray ends a (non-detached) actor once no handle is left
             self.actors = SupernetActors(actor_config(config), run_dir, plan, self.space, resume=resume)
-            self.info = self.actors.start()
+            self.info = self.actors.start(schedule=local_schedule(config) if self.local_data else None)
         else:
             from raynas.data import load_dataset
 
@@ -314,6 +317,23 @@ class SearchExperiment:
                                        status=status, rows=rows)
         if status == "complete":
             _check_tables(rows, self.summary, outcome)
+
+
+def local_schedule(config: dict) -> dict:
+    """The one-shot supernet's schedule (``total_steps``, ``steps_per_epoch``) as its actor will
+    compute it (:class:`raynas.worker.SupernetWorker`: whole batches of the train split), from the
+    data on this machine; the actor's own figures are checked against it when it has started."""
+    from raynas.data import Batches, load_dataset
+
+    config = actor_config(config)
+    supernet = config["supernet"]
+    splits = load_dataset(config["dataset"], config["data_dir"], **config["data_options"])
+    per_epoch = len(Batches(splits.train, supernet["batch_size"], drop_last=True))
+    if supernet.get("total_steps") is not None:
+        total = int(supernet["total_steps"])
+    else:
+        total = max(1, round(supernet["epochs"] * per_epoch))
+    return {"total_steps": total, "steps_per_epoch": per_epoch}
 
 
 def actor_config(config: dict) -> dict:

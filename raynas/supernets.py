@@ -69,6 +69,10 @@ class SupernetActors:
         self.history: list[dict] = []
         self.searcher = None
         self.failure: str | None = None
+        #: supernet 0's facts (``info()``), and while they are on their way: the ref and what they must say
+        self.facts: dict = {}
+        self.facts_ref = None
+        self.expected: dict = {}
 
     # --- making and killing -------------------------------------------------------------------------
     def worker_kwargs(self, k: int) -> dict:
@@ -103,6 +107,11 @@ class SupernetActors:
     def _kill(self, k: int, event: str = "release") -> None:
         import ray
 
+        if k == 0 and self.facts_ref is not None:  # its facts first (the manifest's)
+            try:
+                self.failure = self.failure or self._receive_facts(timeout=5.0)
+            except Exception:
+                pass
         live = self.live.pop(k)
         try:
             self._resolve(k, live)
@@ -131,14 +140,22 @@ class SupernetActors:
         return True
 
     # --- the session --------------------------------------------------------------------------------
-    def start(self) -> dict:
+    def start(self, schedule: dict | None = None) -> dict:
         """Make supernet 0's actor and return its facts (plus the few-shot layout). Raises
-        :class:`UsageError` (one line) if it cannot start: nothing of the session began."""
+        :class:`UsageError` (one line) if it cannot start: nothing of the session began.
+
+        ``schedule`` (``total_steps``, ``steps_per_epoch``, as the driver computed them from the
+        data it checked): return at once with those, so the actor's start (its process, torch,
+        its data) overlaps Tune's; the actor's own facts are checked against them when they come
+        (:meth:`check`) and join the info at :meth:`stop`."""
         import ray
 
         self._make(0)
         live = self.live[0]
         facts = live.actor.info.remote()
+        if schedule is not None:
+            self.expected, self.facts_ref = dict(schedule), facts
+            return self._layout(dict(schedule))
         try:
             while not ray.wait([facts], timeout=1.0)[0]:
                 message = self._late(0, live)
@@ -150,6 +167,11 @@ class SupernetActors:
         except ray.exceptions.RayActorError as err:
             self.stop()
             raise UsageError(f"the supernet actor could not start: {root_cause(err)}") from None
+        self.facts = info
+        return self._layout(info)
+
+    def _layout(self, info: dict) -> dict:
+        """``info`` with the few-shot layout (the sub-supernets' steps from the one-shot's)."""
         if self.regions:
             searcher = self.config["searcher"]
             self.steps = sub_supernet_steps(info["total_steps"], len(self.regions), steps=searcher.get("few_shot_steps"),
@@ -192,6 +214,10 @@ class SupernetActors:
 
         if self.failure is not None:
             return self.failure
+        if self.facts_ref is not None:
+            self.failure = self._receive_facts()
+            if self.failure is not None:
+                return self.failure
         now = time.monotonic()
         for k, live in list(self.live.items()):
             try:
@@ -207,6 +233,27 @@ class SupernetActors:
             if message is not None:
                 self.failure = message
                 return message
+        return None
+
+    def _receive_facts(self, timeout: float = 0.0) -> str | None:
+        """Take supernet 0's facts once they are there; one line if they disagree with the
+        schedule the search started with, or if the actor died in its start."""
+        import ray
+
+        if not ray.wait([self.facts_ref], timeout=timeout)[0]:
+            return None
+        try:
+            self.facts = ray.get(self.facts_ref)
+        except ray.exceptions.RayActorError as err:
+            self.facts_ref = None
+            if 0 not in self.live:  # released by the search meanwhile: nothing failed
+                return None
+            return f"the supernet actor could not start: {root_cause(err)}"
+        self.facts_ref = None
+        for key, value in self.expected.items():
+            if self.facts.get(key) != value:
+                return (f"the supernet actor's {key} is {self.facts.get(key)}, the search was planned with {value} "
+                        "(a bug: the driver and the actor read the data differently)")
         return None
 
     def _late(self, k: int, live: _Live, now: float | None = None) -> str | None:
@@ -252,7 +299,15 @@ class SupernetActors:
                 + f"; {resource_hint(ask, 'actor_cpus', 'actor_gpus')}, or raise resources.placement_timeout_s")
 
     def stop(self, info: dict | None = None) -> dict:
-        """Kill every actor of the run; return ``info`` with the few-shot actors' nodes and history."""
+        """Kill every actor of the run; return ``info`` with supernet 0's facts, the few-shot
+        actors' nodes and history."""
+        if self.facts_ref is not None and 0 in self.live:
+            try:
+                self._receive_facts(timeout=5.0)
+            except Exception:  # the facts are for the manifest; a dead actor has none to give
+                pass
+        if self.facts:
+            info = {**self.facts, **dict(info or {})}
         for k in sorted(self.live):
             try:
                 self._kill(k, "stop")
