@@ -136,7 +136,12 @@ class SupernetActors:
         done, _ = ray.wait([live.ready], timeout=0)
         if not done:
             return False
-        live.node = self.nodes[k] = ray.get(live.ready)
+        try:
+            live.node = self.nodes[k] = ray.get(live.ready)
+        except ray.exceptions.ActorUnavailableError:
+            # its node went away while it started: Ray restarts it (max_restarts); ask again
+            live.ready = live.actor.node_id.remote()
+            return False
         return True
 
     # --- the session --------------------------------------------------------------------------------

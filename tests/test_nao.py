@@ -45,6 +45,8 @@ class FitWaitingDriver(Driver):
     ``suggest`` that answered ``None`` took, whether the fit was still running right after it,
     and the progress line then; ``on_wait(driver)`` runs before each wait."""
 
+    waits_for_background = False  # this Driver waits itself, and records each wait
+
     def __init__(self, searcher, on_wait=None, **kwargs):
         super().__init__(searcher, **kwargs)
         self.on_wait, self.waits = on_wait, []

@@ -80,6 +80,9 @@ class Driver:
     while the searcher gives them, then the oldest live unit gets its next row (or completes).
     """
 
+    #: a searcher computing in the background (NAO's EPD fit) answers None: wait for it and ask again
+    waits_for_background = True
+
     def __init__(self, searcher, nan_every=0, fail_first=None, concurrent=False, acc=fake_acc, short=None,
                  actors=None):
         self.searcher, self.n, self.log = searcher, 0, []
@@ -143,7 +146,7 @@ class Driver:
         unit = self.searcher.suggest(trial)
         # a searcher computing in the background (NAO's EPD fit) answers None, maybe with
         # nothing live: Tune asks again; this Driver waits for the work, then asks again
-        while unit is None and getattr(self.searcher, "fitting", False):
+        while unit is None and self.waits_for_background and getattr(self.searcher, "fitting", False):
             assert self.searcher.wait_for_fit(timeout=600)
             unit = self.searcher.suggest(trial)
         if unit == Searcher.FINISHED:
