@@ -549,6 +549,10 @@ class WorkUnitSearcher(Searcher):
         """``n`` distinct uniform archs (all of them if the space is smaller); ``functions=True``:
         archs computing distinct functions (:meth:`function_key`)."""
         n = min(int(n), len(self.space_))
+        if n == len(self.space_) and not functions:
+            # the whole space, in a seeded order (uniform draws would need ~n ln n of them)
+            archs = list(self.space_.enumerate())
+            return [archs[i] for i in self.rng_.permutation(len(archs))]
         key = self.function_key if functions else (lambda a: a)
         seen: dict = {}
         for _ in range(1000):

@@ -627,3 +627,11 @@ def test_a_scheduler_stop_keeps_its_row_and_a_stopped_standalone_goes_again():
         if searcher.failure_ is None:
             assert searcher.suggest({"e": "f", "f": "g"}[trial]) == final
     assert "stopped at epoch 1 of 3" in searcher.failure_ and searcher.suggest("h") == Searcher.FINISHED
+
+
+def test_the_whole_space_as_candidates_is_every_arch_once_in_a_seeded_order():
+    kwargs = dict(total_steps=32, chunk_steps=16, num_candidates=15625, cohort_size=625, top_k=0)
+    a, b = (get_searcher_class("rsps")(**kwargs, seed=seed) for seed in (0, 0))
+    whole = a.sample_distinct(15625)
+    assert len(set(whole)) == 15625 == len(whole)
+    assert whole == b.sample_distinct(15625) and whole != list(a.space_.enumerate())
