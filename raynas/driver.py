@@ -320,8 +320,8 @@ class SearchExperiment:
 
 
 def local_schedule(config: dict) -> dict:
-    """The one-shot supernet's schedule (``total_steps``, ``steps_per_epoch``) as its actor will
-    compute it (:class:`raynas.worker.SupernetWorker`: whole batches of the train split), from the
+    """The one-shot supernet's schedule (``total_steps``, ``steps_per_epoch``) and its data's facts
+    (fingerprint, classes, channels, input size) as its actor will compute them (:class:`raynas.worker.SupernetWorker`: whole batches of the train split), from the
     data on this machine; the actor's own figures are checked against it when it has started."""
     from raynas.data import Batches, load_dataset
 
@@ -333,7 +333,10 @@ def local_schedule(config: dict) -> dict:
         total = int(supernet["total_steps"])
     else:
         total = max(1, round(supernet["epochs"] * per_epoch))
-    return {"total_steps": total, "steps_per_epoch": per_epoch}
+    # the data's facts too: the tables need them even when a session ends before the actor answers
+    return {"total_steps": total, "steps_per_epoch": per_epoch, "dataset_fingerprint": splits.fingerprint(),
+            "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
+            "input_size": splits.info.input_size}
 
 
 def actor_config(config: dict) -> dict:
