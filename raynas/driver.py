@@ -263,7 +263,10 @@ class SearchExperiment:
         if uses_supernet:
             # the handles are held for the session: Ray ends a (non-detached) actor once no handle is left
             self.actors = SupernetActors(actor_config(config), run_dir, plan, self.space, resume=resume)
-            self.info = self.actors.start(schedule=local_schedule(config) if self.local_data else None)
+            # a new run's actor starts while Tune does; a resumed one must first show that it
+            # finds its snapshot (a run copied without them is a usage error, before anything runs)
+            plan_here = self.local_data and not resume
+            self.info = self.actors.start(schedule=local_schedule(config) if plan_here else None)
         else:
             from raynas.data import load_dataset
 
