@@ -48,19 +48,14 @@ def since_start() -> float:
 
 
 def parse_set(items: list[str] | None) -> dict:
-    """``SECTION.KEY=VALUE`` pairs as ``raynas search --set`` reads them (values as Python literals)."""
-    out: dict = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not name or not section:
-            raise SystemExit(f"--set {item!r}; expected SECTION.KEY=VALUE, e.g. supernet.epochs=5")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        out.setdefault(section, {})[name] = value
-    return out
+    """``SECTION.KEY=VALUE`` pairs exactly as ``raynas search --set`` reads them (the CLI's own parser)."""
+    from raynas.cli import _parse_set
+    from raynas.errors import UsageError
+
+    try:
+        return _parse_set(items or [])
+    except UsageError as err:
+        raise SystemExit(str(err)) from None
 
 
 def node_cpus() -> float:
