@@ -36,7 +36,6 @@ STARTED = time.time()  # before the imports: they are part of what is measured
 CLOCK = time.perf_counter()
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
