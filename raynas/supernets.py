@@ -362,12 +362,14 @@ class ResourceWatch(Callback):
         #: the run (as the trainable sees it) whose standalone workers to warm up; None: do not
         self.warm_run: dict | None = None
         self.warmed: list | None = None
+        #: a unit has reported: the supernet actor is up (the warm-up waits for that, see warm())
+        self.reported = False
         self.checked = self.looked = 0.0
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the run config: the actors and searcher are this driver's
         return {"plan": self.plan, "actors": None, "searcher": None, "pending": {}, "silent": {}, "compute": self.compute,
-                "warm_run": None, "warmed": None, "checked": 0.0, "looked": 0.0}
+                "warm_run": None, "warmed": None, "reported": False, "checked": 0.0, "looked": 0.0}
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         from raynas.trainable import COMPUTE_KINDS
@@ -378,6 +380,7 @@ class ResourceWatch(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.silent.pop(trial.trial_id, None)
+        self.reported = True
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self.silent.pop(trial.trial_id, None)
@@ -399,8 +402,10 @@ class ResourceWatch(Callback):
         """Once the searcher says standalone trainings come soon, start that many warm-up tasks
         (:func:`raynas.trainable.warm_workers`: worker processes with torch and the data loaded,
         on the CPU the supernet phase leaves idle), once per session. CPU trainings only: Ray
-        keeps GPU and CPU task workers apart. Never raises (it runs inside Tune's loop)."""
-        if self.warm_run is None or self.warmed is not None or self.searcher is None:
+        keeps GPU and CPU task workers apart. Not before the first row: until then the actor's
+        and the first trial's processes are starting, and a warm-up beside them only delays the
+        first chunk (8 s of 50 on 2 cores). Never raises (it runs inside Tune's loop)."""
+        if self.warm_run is None or self.warmed is not None or self.searcher is None or not self.reported:
             return
         try:
             count = int(getattr(self.searcher, "standalone_soon", lambda: 0)())
