@@ -94,15 +94,16 @@ def create_supernet_actor(
     ``worker_kwargs``' (device and threads aside); else ValueError naming the first that differs
     (also when that actor does not answer within ``timeout_s``: it is still starting elsewhere).
     """
-    from raynas.worker import settings_difference, worker_settings
-
     name = actor_name(run_id, supernet)
-    wanted = worker_settings(worker_kwargs)  # also refuses unknown settings before Ray is asked
     try:
         existing = ray.get_actor(name, namespace=NAMESPACE)
     except ValueError:
         existing = None
     if existing is not None:
+        # imports torch (the worker's signature): only when there is an actor to compare with
+        from raynas.worker import settings_difference, worker_settings
+
+        wanted = worker_settings(worker_kwargs)
         try:
             have = ray.get(existing.settings.remote(), timeout=timeout_s)
         except ray.exceptions.GetTimeoutError:

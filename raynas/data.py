@@ -72,6 +72,7 @@ that value (raw 0), not with normalised 0.
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import hashlib
 import math
@@ -120,6 +121,7 @@ __all__ = [
     "check_roles",
     "join_splits",
     "data_cache",
+    "dataset_facts",
     "dataset_names",
     "dataset_options",
     "load_dataset",
@@ -210,6 +212,22 @@ class Splits:
         return {"train": len(self.train), "valid": len(self.valid), "test": len(self.test)}
 
 
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What :func:`dataset_facts` finds: a dataset's :class:`DatasetInfo` and its splits' sizes
+    (``{"train", "valid", "test"}``, in the data roles asked), with no image converted."""
+
+    info: DatasetInfo
+    sizes: dict[str, int]
+
+    def in_roles(self, train_split: str = "train", score_split: str = "valid") -> "DatasetFacts":
+        """The sizes as :func:`assign_roles` would give the splits."""
+        n = self.sizes
+        train = n["train"] if train_split == "train" else n["train"] + n["valid"]
+        scored = n["valid"] if score_split == "valid" else n["test"]
+        return DatasetFacts(self.info, {"train": train, "valid": scored, "test": n["test"]})
+
+
 # ---------------------------------------------------------------------------------------------
 # data roles: what the weights train on, what candidates are scored on
 
@@ -243,6 +261,8 @@ def assign_roles(splits: Splits, train_split: str = "train", score_split: str = 
     in other roles; a run records its roles apart), so a run's recorded data hash is that of its
     files and options whatever the roles."""
     check_roles(train_split, score_split)
+    if isinstance(splits, DatasetFacts):
+        return splits.in_roles(train_split, score_split)
     if (train_split, score_split) == ("train", "valid"):
         return splits
     train = splits.train if train_split == "train" else join_splits(splits.train, splits.valid)
@@ -330,6 +350,27 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, train_spli
         return assign_roles(DATASETS[key](root=local, **options), train_split, score_split)
     except DatasetError as err:  # name the URI the user gave, not the cache's copy
         raise DatasetError(str(err).replace(str(local), str(remote))) from None
+
+
+#: set by dataset_facts() for its call: _build counts the splits and converts no image
+_FACTS_ONLY = contextvars.ContextVar("raynas_data_facts_only", default=False)
+
+
+def dataset_facts(name: str, root: str | os.PathLike | None = None, *, train_split: str = "train",
+                  score_split: str = "valid", **options) -> DatasetFacts:
+    """What :func:`load_dataset` with the same arguments would load, checked the same way (the
+    same files read, the same one-line :class:`DatasetError`), but only its info and split sizes:
+    no image is converted and torch is not imported (seconds), so a driver can check its data and
+    plan a schedule before anything starts. A registered loader that builds its splits itself
+    loads them (the sizes are then theirs)."""
+    token = _FACTS_ONLY.set(True)
+    try:
+        loaded = load_dataset(name, root, train_split=train_split, score_split=score_split, **options)
+    finally:
+        _FACTS_ONLY.reset(token)
+    if isinstance(loaded, Splits):
+        return DatasetFacts(loaded.info, loaded.sizes())
+    return loaded
 
 
 def data_cache() -> Path:
@@ -424,8 +465,9 @@ def _build(
     test_size,
     split_seed: int,
     convert: Callable[[np.ndarray], torch.Tensor] | None = None,
-) -> Splits:
-    """Assemble the Splits.
+) -> "Splits | DatasetFacts":
+    """Assemble the Splits (while :func:`dataset_facts` runs: a :class:`DatasetFacts` of their
+    sizes, nothing converted).
 
     ``parts``: split name -> (raw images, all labels of that source, indices of this split in it
     or None for all). The optional subsets are drawn first, so only the images kept are
@@ -433,6 +475,7 @@ def _build(
     """
     if convert is None:
         convert = lambda raw: _to_images(raw, info.mean, info.std)  # noqa: E731
+    facts_only = _FACTS_ONLY.get()
     out = {}
     for stream, (name, size) in enumerate(
         (("train", train_size), ("valid", valid_size), ("test", test_size)), start=101
@@ -443,10 +486,15 @@ def _build(
         sub = _subset(info.name, f"{name}_size", size, labels[idx], split_seed, stream)
         if sub is not None:
             idx = idx[sub]
+        if facts_only:
+            out[name] = int(idx.shape[0])
+            continue
         whole = idx.shape[0] == labels.shape[0] and np.array_equal(idx, np.arange(labels.shape[0]))
         images = convert(raw if whole else raw[idx])
         lab = torch.from_numpy(np.ascontiguousarray(labels[idx], dtype=np.int64))
         out[name] = Split(images.contiguous(), lab)
+    if facts_only:
+        return DatasetFacts(info, out)
     return Splits(info, out["train"], out["valid"], out["test"])
 
 

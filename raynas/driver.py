@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,11 +122,12 @@ def search(
     if address is not None:
         address = _reachable(address)
     if address is None:
-        # local data: fail fast, before Ray starts, with the dataset's own one-line error
-        from raynas.data import DatasetError, load_dataset
+        # local data: fail fast, before Ray starts, with the dataset's own one-line error (the
+        # files read and checked, no image converted: the driver does not import torch)
+        from raynas.data import DatasetError, dataset_facts
 
         try:
-            load_dataset(dataset, data_dir, **(data_options or {}))
+            dataset_facts(dataset, data_dir, **(data_options or {}))
         except (DatasetError, TypeError) as err:
             raise UsageError(str(err)) from None
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -324,22 +326,24 @@ class SearchExperiment:
 
 def local_schedule(config: dict) -> dict:
     """The one-shot supernet's schedule (``total_steps``, ``steps_per_epoch``) and its data's facts
-    (fingerprint, classes, channels, input size) as its actor will compute them (:class:`raynas.worker.SupernetWorker`: whole batches of the train split), from the
-    data on this machine; the actor's own figures are checked against it when it has started."""
-    from raynas.data import Batches, load_dataset
+    (classes, channels, input size) as its actor will compute them (:class:`raynas.worker.SupernetWorker`:
+    whole batches of the train split), from the data on this machine without converting it
+    (:func:`raynas.data.dataset_facts`: no torch here); the actor's own figures are checked
+    against it when it has started. The data's fingerprint (a hash of the converted images) is
+    the actor's."""
+    from raynas.data import dataset_facts
 
     config = actor_config(config)
     supernet = config["supernet"]
-    splits = load_dataset(config["dataset"], config["data_dir"], **config["data_options"])
-    per_epoch = len(Batches(splits.train, supernet["batch_size"], drop_last=True))
+    facts = dataset_facts(config["dataset"], config["data_dir"], **config["data_options"])
+    per_epoch = facts.sizes["train"] // int(supernet["batch_size"])  # raynas.data.Batches, drop_last=True
     if supernet.get("total_steps") is not None:
         total = int(supernet["total_steps"])
     else:
         total = max(1, round(supernet["epochs"] * per_epoch))
     # the data's facts too: the tables need them even when a session ends before the actor answers
-    return {"total_steps": total, "steps_per_epoch": per_epoch, "dataset_fingerprint": splits.fingerprint(),
-            "num_classes": splits.info.num_classes, "in_channels": splits.info.in_channels,
-            "input_size": splits.info.input_size}
+    return {"total_steps": total, "steps_per_epoch": per_epoch, "num_classes": facts.info.num_classes,
+            "in_channels": facts.info.in_channels, "input_size": facts.info.input_size}
 
 
 def actor_config(config: dict) -> dict:
@@ -380,13 +384,12 @@ def _check_tables(rows, summary, outcome: dict) -> None:
 
 def _manifest(config: dict, info: dict) -> dict:
     import ray
-    import torch
 
     return {
         "run_id": config["run_id"],
         "method": config["method"],
         "seed": config["seed"],
-        "versions": {"raynas": __version__, "torch": torch.__version__, "ray": ray.__version__,
+        "versions": {"raynas": __version__, "torch": info.get("torch_version") or _torch_version(), "ray": ray.__version__,
                      "python": platform.python_version()},
         "device": info.get("device"),
         "device_name": info.get("device_name"),
@@ -405,3 +408,16 @@ def _manifest(config: dict, info: dict) -> dict:
         "config": config,
         "host": platform.node(),
     }
+
+
+def _torch_version() -> str | None:
+    """torch's version here, without importing it (seconds, when the driver did not need it):
+    the installed package's (no local ``+cu...`` tag) where torch was not imported."""
+    if "torch" in sys.modules:
+        return str(sys.modules["torch"].__version__)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return None

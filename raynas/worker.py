@@ -559,6 +559,7 @@ class SupernetWorker:
             "steps_per_epoch": self.steps_per_epoch,
             "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            "torch_version": str(torch.__version__),  # the torch that trained (a str: the driver imports no torch)
             "dataset": self.config["dataset"],
             "dataset_fingerprint": self.splits.fingerprint(),
             "num_classes": self.splits.info.num_classes,

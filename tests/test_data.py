@@ -601,3 +601,83 @@ def test_batches_device_argument_and_forever_guard():
         next(Batches(split, 8, drop_last=True).forever())
     with pytest.raises(ValueError):
         Batches(split, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# dataset_facts: what load_dataset would load, with nothing converted (the driver's check)
+
+FACT_CASES = [
+    ("digits", None, {}),
+    ("digits", None, {"train_size": 100, "valid_size": 50, "split_seed": 3}),
+    ("digits", None, {"train_split": "train+valid", "score_split": "test"}),
+    ("fashion-mnist", "fmnist", {"holdout": 30}),
+    ("fashion-mnist", "fmnist", {"resolution": 16, "holdout": 20, "train_size": 15}),
+    ("cifar10", "cifar10", {"valid_size": 20}),
+    ("cifar100", "cifar100", {"score_split": "test"}),
+    ("imagenet16-120", "imagenet16", {"valid_size": 12, "train_split": "train+valid", "score_split": "test"}),
+]
+
+
+def _fact_root(tmp_path: Path, kind: str | None) -> Path | None:
+    if kind is None:
+        return None
+    return {"fmnist": lambda: make_fmnist(tmp_path / "f"), "cifar10": lambda: make_cifar10(tmp_path),
+            "cifar100": lambda: make_cifar100(tmp_path),
+            "imagenet16": lambda: (make_imagenet16(tmp_path / "ImageNet16"), tmp_path)[1]}[kind]()
+
+
+@pytest.mark.parametrize("name,kind,options", FACT_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(FACT_CASES)])
+def test_dataset_facts_agree_with_load_dataset(tmp_path, name, kind, options):
+    root = _fact_root(tmp_path, kind)
+    facts = D.dataset_facts(name, root, **options)
+    splits = load_dataset(name, root, **options)
+    assert facts.info == splits.info
+    assert facts.sizes == splits.sizes()
+
+
+def test_dataset_facts_refuse_what_load_dataset_refuses(tmp_path):
+    folder = make_fmnist(tmp_path / "f")
+    (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01")  # header only: too short
+    for call in (D.dataset_facts, load_dataset):
+        with pytest.raises(DatasetError) as err:
+            call("fashion-mnist", folder)
+        assert "t10k-labels" in one_line(err.value)
+    for bad in ({"train_size": 10**6}, {"resolution": 20}, {"colour": True}):
+        with pytest.raises(DatasetError) as facts_err:
+            D.dataset_facts("digits", **bad)
+        with pytest.raises(DatasetError) as load_err:
+            load_dataset("digits", **bad)
+        assert str(facts_err.value) == str(load_err.value)
+
+
+def test_the_drivers_data_check_and_schedule_import_no_torch():
+    # the driver checks the data and plans the supernet's schedule before Ray starts: torch's
+    # import (seconds) is the actor's, not the driver's; the plan is what the actor will compute
+    import json
+    import subprocess
+    import sys
+
+    from raynas.driver import actor_config
+    from raynas.settings import make_config
+
+    code = (
+        "import json, sys\n"
+        "from raynas import cli\n"
+        "from raynas.driver import local_schedule\n"
+        "from raynas.settings import make_config\n"
+        "args = cli.build_parser().parse_args(['search', '--method', 'rsps', '--dataset', 'digits',"
+        " '--data-option', 'train_size=500'])\n"
+        "cli._check_search(args)\n"
+        "config = make_config('rsps', dataset='digits', data_options={'train_size': 500})\n"
+        "print(json.dumps({'schedule': local_schedule(config), 'torch': 'torch' in sys.modules}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["torch"] is False
+    config = actor_config(make_config("rsps", dataset="digits", data_options={"train_size": 500}))
+    splits = load_dataset("digits", train_size=500)
+    batch_size = config["supernet"]["batch_size"]
+    assert got["schedule"]["steps_per_epoch"] == len(Batches(splits.train, batch_size, drop_last=True)) == 500 // batch_size
+    assert got["schedule"]["total_steps"] == round(config["supernet"]["epochs"] * (500 // batch_size))
+    assert (got["schedule"]["num_classes"], got["schedule"]["in_channels"], got["schedule"]["input_size"]) == (10, 1, 8)
