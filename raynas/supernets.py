@@ -188,11 +188,25 @@ class SupernetActors:
                                 "regions": [[list(a) for a in r.allowed_ops] for r in self.regions]}
         return info
 
+    def supernet_limit(self) -> int:
+        """The supernets in use at once: the plan's actors at once, plus one where every
+        sub-supernet's CPU actor fits at once and the user set no ``max_actors``: then the
+        sub-supernets' actors start (a process, torch and the data each: tens of seconds on a
+        busy node) during the one-shot supernet's last chunk, beside its actor, rather than
+        after it. One actor over the plan for one chunk is a small CPU share Ray queues if it
+        must; a GPU actor over the plan would hold a GPU, or have the autoscaler add a node."""
+        limit = int(self.plan.actors_at_once)
+        K = len(self.regions or ())
+        if (K and limit >= K and not self.plan.actor.get("GPU")
+                and (self.config.get("resources") or {}).get("max_actors") is None):
+            return limit + 1
+        return limit
+
     def attach(self, searcher) -> None:
         """From now on the actors follow ``searcher``'s needs (its limit: the plan's actors at once)."""
         self.searcher = searcher
         if hasattr(searcher, "set_supernet_limit"):
-            searcher.set_supernet_limit(self.plan.actors_at_once)
+            searcher.set_supernet_limit(self.supernet_limit())
         searcher.on_issue = self.on_issue
 
     def on_issue(self, unit: dict) -> None:

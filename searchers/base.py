@@ -931,7 +931,7 @@ class OneShotSearcher(SupernetSearcher):
     def supernets_needed(self) -> set[int]:
         """By phase: the one-shot supernet while it trains and (without few-shot) scores; under
         few-shot, the sub-supernets from their training to their last cohort (all of them at once,
-        from the one-shot supernet's last chunk on, without a :attr:`supernet_limit`; else the
+        from the one-shot supernet's last chunk on, with no :attr:`supernet_limit` or one above K; else the
         ones in use and the next admitted, so a
         sub-supernet is released once trained and made again from its snapshot to score); none
         in the standalone phase."""
