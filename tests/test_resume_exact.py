@@ -109,17 +109,35 @@ def _drive(args: list[str], run_dir: Path, kill_when, sig=signal.SIGKILL, timeou
     return driver
 
 
-def _wait_session_gone(sid: int, timeout: float = 30) -> None:
-    """Until every process of the driver's session (its embedded Ray) is gone: they follow the
-    driver within a moment; what is still there after ``timeout`` is killed."""
+#: Ray's per-node agents: when their raylet and GCS die with the driver they wait out the GCS
+#: reconnect timeout (60 s) before exiting; they run no work and write nothing of the run
+NODE_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline") as f:
+            return f.read().replace("\0", " ")
+    except OSError:
+        return ""  # gone
+
+
+def _wait_session_gone(sid: int, timeout: float = 60) -> None:
+    """Until the driver's embedded Ray is gone: its workers (which could still write into the run)
+    must follow the driver within ``timeout``; the node agents left waiting for the GCS are killed."""
     deadline = time.monotonic() + timeout
-    while _session_pids(sid) and time.monotonic() < deadline:
+    while True:
+        working = [p for p in _session_pids(sid) if _cmdline(p) and not _cmdline(p).startswith(NODE_AGENTS)]
+        if not working or time.monotonic() > deadline:
+            break
         time.sleep(0.05)
     for pid in _session_pids(sid):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    assert not working, f"processes of the killed driver's Ray still alive after {timeout} s: " + \
+        "; ".join(_cmdline(p)[:80] for p in working)
 
 
 def _files(run_dir: Path) -> dict:
