@@ -127,7 +127,8 @@ def _wait_session_gone(sid: int, timeout: float = 60) -> None:
     must follow the driver within ``timeout``; the node agents left waiting for the GCS are killed."""
     deadline = time.monotonic() + timeout
     while True:
-        working = [p for p in _session_pids(sid) if _cmdline(p) and not _cmdline(p).startswith(NODE_AGENTS)]
+        lines = {pid: _cmdline(pid) for pid in _session_pids(sid)}
+        working = {pid: line for pid, line in lines.items() if line and not line.startswith(NODE_AGENTS)}
         if not working or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -137,7 +138,7 @@ def _wait_session_gone(sid: int, timeout: float = 60) -> None:
         except ProcessLookupError:
             pass
     assert not working, f"processes of the killed driver's Ray still alive after {timeout} s: " + \
-        "; ".join(_cmdline(p)[:80] for p in working)
+        "; ".join(line[:80] for line in working.values())  # read before the kill: a dead process has none
 
 
 def _files(run_dir: Path) -> dict:
